@@ -1,0 +1,167 @@
+//! Types and limits shared by the eBPF programs (agent-ebpf) and the agent.
+//!
+//! Everything here is `#[repr(C)]` with explicit padding and a compile-time size check: the
+//! kernel writes these bytes and userspace reads them back, and aya checks ring buffer record
+//! sizes nowhere. Enums travel as raw integers; the `user` feature adds the conversions.
+#![no_std]
+
+use core::mem::size_of;
+
+/// Largest number of request bytes copied per event. A power of two, so that offsets and
+/// lengths can be clamped with a mask the verifier understands.
+pub const CAPTURE_CAP_MAX: usize = 4096;
+/// Default capture cap; the agent can lower it (`--capture-bytes`) through [`GLOBAL_CAPTURE_CAP`].
+pub const CAPTURE_CAP_DEFAULT: u32 = 4096;
+/// Shortest buffer that can hold an HTTP/1.x request line: `GET / HTTP/1.1\r\n`.
+pub const MIN_REQUEST_LEN: u64 = 16;
+/// Number of iovecs read for `writev`/`sendmsg`/`readv`/`recvmsg`. Node writes headers and body
+/// as separate iovecs; a header block spread over more than this is marked truncated.
+pub const MAX_IOVECS: u32 = 4;
+/// Default ring buffer size: a power-of-two multiple of the page size (8 MiB).
+pub const RING_BUF_BYTES_DEFAULT: u32 = 8 << 20;
+/// In-flight receive syscalls remembered between `sys_enter_*` and `sys_exit_*`.
+pub const RECV_STASH_ENTRIES: u32 = 16_384;
+/// Sockets whose peer address was seen at `connect`.
+pub const PEERS_ENTRIES: u32 = 65_536;
+pub const COMM_LEN: usize = 16;
+
+/// Names of the load-time globals in the eBPF object (set with `EbpfLoader::set_global`).
+pub const GLOBAL_AGENT_TGID: &str = "AGENT_TGID";
+pub const GLOBAL_CAPTURE_CAP: &str = "CAPTURE_CAP";
+/// Map names, defined once for both sides.
+pub const MAP_EVENTS: &str = "EVENTS";
+pub const MAP_COUNTERS: &str = "COUNTERS";
+
+/// Which way the bytes went, as seen by the process that made the syscall.
+pub mod direction {
+    /// The process sent the bytes: a request it makes as a client.
+    pub const OUTBOUND: u8 = 0;
+    /// The process received the bytes: a request it serves.
+    pub const INBOUND: u8 = 1;
+}
+
+/// The syscall an event came from.
+pub mod syscall {
+    pub const WRITE: u8 = 0;
+    pub const WRITEV: u8 = 1;
+    pub const SENDTO: u8 = 2;
+    pub const SENDMSG: u8 = 3;
+    pub const READ: u8 = 4;
+    pub const READV: u8 = 5;
+    pub const RECVFROM: u8 = 6;
+    pub const RECVMSG: u8 = 7;
+}
+
+/// Bits of [`EventHeader::flags`].
+pub mod flags {
+    /// The syscall carried more iovecs than [`super::MAX_IOVECS`]; the rest were not read.
+    pub const IOVECS_SKIPPED: u8 = 1 << 0;
+    /// Reading one of the iovecs failed; the capture stops before it.
+    pub const READ_FAILED: u8 = 1 << 1;
+}
+
+/// Address family of [`EventHeader::peer_addr`] (`AF_*` values from the kernel ABI).
+pub mod family {
+    pub const UNKNOWN: u16 = 0;
+    pub const INET: u16 = 2;
+    pub const INET6: u16 = 10;
+}
+
+/// Header of every ring buffer record; `captured_len` bytes of payload follow it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EventHeader {
+    /// `bpf_ktime_get_ns`: CLOCK_MONOTONIC.
+    pub timestamp_ns: u64,
+    /// The syscall's full length (for receives: the bytes it returned).
+    pub total_len: u64,
+    /// Process id (the kernel's tgid).
+    pub tgid: u32,
+    /// Thread id (the kernel's pid).
+    pub tid: u32,
+    pub fd: i32,
+    /// Bytes of payload that follow this header (at most the capture cap).
+    pub captured_len: u32,
+    pub comm: [u8; COMM_LEN],
+    /// IPv4 in the first 4 bytes, or IPv6; valid when `peer_family` is not `UNKNOWN`.
+    pub peer_addr: [u8; 16],
+    /// Host byte order.
+    pub peer_port: u16,
+    pub peer_family: u16,
+    pub direction: u8,
+    pub syscall: u8,
+    pub flags: u8,
+    pub _pad0: [u8; 1],
+}
+
+pub const EVENT_HEADER_LEN: usize = size_of::<EventHeader>();
+const _: () = assert!(EVENT_HEADER_LEN == 72);
+const _: () = assert!(EVENT_HEADER_LEN % 8 == 0);
+
+/// A full record as built in the per-CPU scratch buffer. The payload area is twice the cap so
+/// that "offset masked to cap-1 plus length masked to cap-1" is provably in bounds.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct EventBuf {
+    pub header: EventHeader,
+    pub data: [u8; 2 * CAPTURE_CAP_MAX],
+}
+
+const _: () = assert!(CAPTURE_CAP_MAX.is_power_of_two());
+const _: () = assert!(RING_BUF_BYTES_DEFAULT % 4096 == 0 && RING_BUF_BYTES_DEFAULT.is_power_of_two());
+
+/// Peer of a connected socket, remembered at `connect`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Peer {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub family: u16,
+    pub _pad0: [u8; 4],
+}
+const _: () = assert!(size_of::<Peer>() == 24);
+
+/// Key of per-socket maps: a file descriptor of one process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SocketKey {
+    pub tgid: u32,
+    pub fd: i32,
+}
+const _: () = assert!(size_of::<SocketKey>() == 8);
+
+/// Per-CPU counters, indexed by these values. Every exit that loses data has one.
+pub mod counter {
+    /// Send/receive syscalls whose first bytes were read and checked for an HTTP method.
+    pub const INSPECTED: u32 = 0;
+    /// Requests written to the ring buffer.
+    pub const CAPTURED: u32 = 1;
+    /// Captured requests whose syscall carried more than the capture cap.
+    pub const TRUNCATED: u32 = 2;
+    /// Requests lost because the ring buffer was full.
+    pub const RINGBUF_FULL: u32 = 3;
+    /// Syscalls whose user buffer could not be read (bpf_probe_read_user failed).
+    pub const READ_FAILED: u32 = 4;
+    /// Receive syscalls not followed because the enter→exit stash map was full.
+    pub const STASH_FULL: u32 = 5;
+    pub const COUNT: u32 = 6;
+    pub const NAMES: [&str; COUNT as usize] = [
+        "inspected",
+        "captured",
+        "truncated",
+        "ringbuf_full",
+        "read_failed",
+        "stash_full",
+    ];
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::{EventHeader, Peer, SocketKey};
+    // SAFETY: repr(C), integers and byte arrays only, explicit padding (size asserted above).
+    unsafe impl aya::Pod for EventHeader {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Peer {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SocketKey {}
+}

@@ -1,0 +1,237 @@
+//! The capture path shared by every send and receive hook: cheap HTTP check, copy, ring buffer.
+
+use agent_common::{
+    counter, family, flags, EventBuf, SocketKey, CAPTURE_CAP_MAX, EVENT_HEADER_LEN, MAX_IOVECS,
+};
+use aya_ebpf::helpers::{
+    bpf_get_current_comm,
+    generated::{bpf_ktime_get_ns, bpf_probe_read_user},
+};
+
+use crate::{count, CAPTURE_CAP, EVENTS, PEERS, SCRATCH};
+
+/// Where the syscall's bytes are in user memory.
+#[derive(Clone, Copy)]
+pub enum Source {
+    /// One buffer (`write`, `sendto`, `read`, `recvfrom`).
+    Buf(u64),
+    /// An array of `struct iovec { void *iov_base; size_t iov_len; }` (`writev`, `sendmsg`, ...).
+    Iov { iov: u64, count: u64 },
+}
+
+/// What the hook knows about the syscall.
+pub struct Syscall {
+    pub pid_tgid: u64,
+    pub fd: i32,
+    pub direction: u8,
+    pub syscall: u8,
+    /// Bytes valid in the buffers: the length argument of a send, the return value of a
+    /// receive; `None` for iovec sends, whose length is the sum of the iovecs.
+    pub len: Option<u64>,
+}
+
+/// `value` as bytes in memory order, with a mask over its first `N` bytes.
+const fn prefix<const N: usize>(method: &[u8; N]) -> (u64, u64) {
+    let mut value = 0u64;
+    let mut mask = 0u64;
+    let mut i = 0;
+    while i < N {
+        value |= (method[i] as u64) << (8 * i);
+        mask |= 0xff << (8 * i);
+        i += 1;
+    }
+    (value, mask)
+}
+
+/// HTTP/1.x request methods followed by a space, as little-endian u64 prefixes.
+const METHODS: [(u64, u64); 9] = [
+    prefix(b"GET "),
+    prefix(b"POST "),
+    prefix(b"PUT "),
+    prefix(b"DELETE "),
+    prefix(b"HEAD "),
+    prefix(b"OPTIONS "),
+    prefix(b"PATCH "),
+    prefix(b"CONNECT "),
+    prefix(b"TRACE "),
+];
+
+#[inline(always)]
+fn is_http_request(first8: u64) -> bool {
+    let mut i = 0;
+    while i < METHODS.len() {
+        let (value, mask) = METHODS[i];
+        if first8 & mask == value {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// Clamps a length to `CAPTURE_CAP_MAX` in a way the verifier sees: the volatile read hides the
+/// value from LLVM, so the comparison is not optimised away even where LLVM can prove it, and
+/// the verifier learns the bound from the branch. Without it: "R2 unbounded memory access".
+#[inline(always)]
+fn clamp_to_cap(len: u64) -> u64 {
+    // SAFETY: reading a local through a valid reference.
+    let len = unsafe { core::ptr::read_volatile(&len) };
+    if len > CAPTURE_CAP_MAX as u64 {
+        CAPTURE_CAP_MAX as u64
+    } else {
+        len
+    }
+}
+
+#[inline(always)]
+pub fn read_user<T>(addr: u64) -> Option<T> {
+    let mut value = core::mem::MaybeUninit::<T>::uninit();
+    // SAFETY: the helper writes at most size_of::<T>() bytes into `value` and fails cleanly on
+    // unmapped user memory.
+    let ret = unsafe {
+        bpf_probe_read_user(
+            value.as_mut_ptr().cast(),
+            core::mem::size_of::<T>() as u32,
+            addr as *const _,
+        )
+    };
+    // SAFETY: the helper filled `value` when it returned 0.
+    (ret == 0).then(|| unsafe { value.assume_init() })
+}
+
+/// Captures the syscall's bytes if they start an HTTP request.
+#[inline(always)]
+pub fn capture(sys: &Syscall, src: Source) -> Result<(), ()> {
+    let first = match src {
+        Source::Buf(ptr) => ptr,
+        Source::Iov { iov, count: iovcnt } => {
+            if iovcnt == 0 {
+                return Ok(());
+            }
+            let Some(base) = read_user::<u64>(iov) else {
+                count(counter::READ_FAILED);
+                return Err(());
+            };
+            base
+        }
+    };
+    count(counter::INSPECTED);
+    let Some(first8) = read_user::<u64>(first) else {
+        count(counter::READ_FAILED);
+        return Err(());
+    };
+    if !is_http_request(first8) {
+        return Ok(());
+    }
+    copy_and_submit(sys, src)
+}
+
+#[inline(always)]
+fn copy_and_submit(sys: &Syscall, src: Source) -> Result<(), ()> {
+    let buf = SCRATCH.get_ptr_mut(0).ok_or(())?;
+    // SAFETY: the per-CPU scratch slot is ours for the duration of this program run.
+    let buf: &mut EventBuf = unsafe { &mut *buf };
+    let cap = clamp_to_cap(u64::from(CAPTURE_CAP.load()));
+    let data = buf.data.as_mut_ptr();
+    let mut event_flags = 0u8;
+    let mut captured = 0u64;
+    let total_len;
+
+    match src {
+        Source::Buf(ptr) => {
+            let len = sys.len.unwrap_or(0);
+            let n = clamp_to_cap(if len < cap { len } else { cap });
+            // SAFETY: n <= CAPTURE_CAP_MAX and `data` has 2 * CAPTURE_CAP_MAX bytes.
+            if unsafe { bpf_probe_read_user(data.cast(), n as u32, ptr as *const _) } != 0 {
+                count(counter::READ_FAILED);
+                return Err(());
+            }
+            captured = n;
+            total_len = len;
+        }
+        Source::Iov { iov, count: iovcnt } => {
+            // Receives fill the iovecs in order up to the returned length.
+            let valid = match sys.len {
+                Some(len) if len < cap => len,
+                Some(_) => cap,
+                None => cap,
+            };
+            let mut sum = 0u64;
+            let mut i = 0u32;
+            while i < MAX_IOVECS {
+                if u64::from(i) >= iovcnt {
+                    break;
+                }
+                let Some([base, len]) = read_user::<[u64; 2]>(iov + 16 * u64::from(i)) else {
+                    event_flags |= flags::READ_FAILED;
+                    break;
+                };
+                sum = sum.wrapping_add(len);
+                if captured < valid {
+                    let room = valid - captured;
+                    let n = clamp_to_cap(if len < room { len } else { room });
+                    let off = captured & (CAPTURE_CAP_MAX as u64 - 1);
+                    // SAFETY: off < CAPTURE_CAP_MAX and n <= CAPTURE_CAP_MAX: in bounds of
+                    // the 2 * CAPTURE_CAP_MAX data area.
+                    let ret = unsafe {
+                        bpf_probe_read_user(data.add(off as usize).cast(), n as u32, base as *const _)
+                    };
+                    if ret != 0 {
+                        event_flags |= flags::READ_FAILED;
+                        break;
+                    }
+                    captured += n;
+                }
+                i += 1;
+            }
+            if iovcnt > u64::from(MAX_IOVECS) {
+                event_flags |= flags::IOVECS_SKIPPED;
+            }
+            total_len = sys.len.unwrap_or(sum);
+        }
+    }
+
+    let tgid = (sys.pid_tgid >> 32) as u32;
+    let header = &mut buf.header;
+    // SAFETY: no preconditions.
+    header.timestamp_ns = unsafe { bpf_ktime_get_ns() };
+    header.total_len = total_len;
+    header.tgid = tgid;
+    header.tid = sys.pid_tgid as u32;
+    header.fd = sys.fd;
+    header.comm = bpf_get_current_comm().unwrap_or_default();
+    header.direction = sys.direction;
+    header.syscall = sys.syscall;
+    header.flags = event_flags;
+    header._pad0 = [0];
+    // SAFETY: the LRU map value is copied out at once.
+    match unsafe { PEERS.get(SocketKey { tgid, fd: sys.fd }) } {
+        Some(peer) => {
+            header.peer_addr = peer.addr;
+            header.peer_port = peer.port;
+            header.peer_family = peer.family;
+        }
+        None => {
+            header.peer_addr = [0; 16];
+            header.peer_port = 0;
+            header.peer_family = family::UNKNOWN;
+        }
+    }
+    let captured = clamp_to_cap(captured);
+    header.captured_len = captured as u32;
+
+    let size = EVENT_HEADER_LEN + captured as usize;
+    // SAFETY: `buf` holds EVENT_HEADER_LEN + 2 * CAPTURE_CAP_MAX bytes, more than `size`, and
+    // the verifier sees `size` bounded through `clamp_to_cap`.
+    let record = unsafe { core::slice::from_raw_parts(core::ptr::from_ref(buf).cast::<u8>(), size) };
+    let ret = EVENTS.output::<[u8]>(record, 0);
+    if ret.is_err() {
+        count(counter::RINGBUF_FULL);
+        return Err(());
+    }
+    count(counter::CAPTURED);
+    if total_len > captured || event_flags != 0 {
+        count(counter::TRUNCATED);
+    }
+    Ok(())
+}

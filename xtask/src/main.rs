@@ -1,0 +1,37 @@
+//! Developer tasks: `cargo xtask setup|build|run|test|bench`.
+
+mod build;
+mod exec;
+mod run;
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "tracegap developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what is missing (apt packages, bpf-linker) and mount tracefs/bpffs. Idempotent.
+    Setup,
+    /// Build the eBPF object and the agent that embeds it.
+    Build(build::Options),
+    /// Set up if needed, build, and run the agent as root. Arguments after `--` go to the agent.
+    Run(run::Options),
+    /// Set up if needed, build, and run all tests, including the root end-to-end tests.
+    Test(test::Options),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Setup => setup::run(setup::Mode::Verbose),
+        Command::Build(opts) => build::run(&opts).map(|_| ()),
+        Command::Run(opts) => run::run(opts),
+        Command::Test(opts) => test::run(&opts),
+    }
+}

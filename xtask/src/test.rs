@@ -1,0 +1,65 @@
+//! `cargo xtask test`: set up if needed, build, run unit tests, then the root end-to-end tests
+//! (one at a time: they share the kernel's tracepoints and the loopback ports).
+
+use anyhow::{bail, Result};
+
+use crate::{
+    build,
+    exec::{cargo, exec, is_root, workspace_root},
+    setup,
+};
+
+/// The package holding the end-to-end tests (tests/).
+const E2E_PACKAGE: &str = "tracegap-tests";
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// Only run end-to-end tests whose name contains this.
+    #[arg(long)]
+    pub filter: Option<String>,
+    /// Skip the unit tests.
+    #[arg(long)]
+    pub e2e_only: bool,
+}
+
+pub fn run(opts: &Options) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "the end-to-end tests load eBPF programs and need root (CAP_BPF, CAP_PERFMON, tracefs): \
+             run `sudo -E cargo xtask test`, or run as root"
+        );
+    }
+    setup::run(setup::Mode::Quiet)?;
+    let build_opts = build::Options::default();
+    let agent = build::run(&build_opts)?;
+
+    let mut failures = Vec::new();
+    if !opts.e2e_only {
+        let mut unit = cargo();
+        unit.current_dir(workspace_root())
+            .args(["test", "--release", "--workspace", "--exclude", E2E_PACKAGE]);
+        build::agent_build_env(&mut unit);
+        if let Err(e) = exec(&mut unit) {
+            failures.push(format!("unit tests: {e:#}"));
+        }
+    }
+
+    let mut e2e = cargo();
+    e2e.current_dir(workspace_root())
+        .args(["test", "--release", "--package", E2E_PACKAGE, "--"])
+        .arg("--test-threads=1");
+    if let Some(filter) = &opts.filter {
+        e2e.arg(filter);
+    }
+    build::agent_build_env(&mut e2e);
+    e2e.env("TRACEGAP_AGENT_BIN", &agent);
+    if let Err(e) = exec(&mut e2e) {
+        failures.push(format!("end-to-end tests: {e:#}"));
+    }
+
+    if !failures.is_empty() {
+        bail!("{} test suite(s) failed:\n{}", failures.len(), failures.join("\n"));
+    }
+    eprintln!("test: all suites passed");
+    Ok(())
+}
