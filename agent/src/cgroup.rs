@@ -182,12 +182,11 @@ mod tests {
     const UID: &str = "8d2a6f4e-1b7c-4e3a-9f0d-5c6b7a8e9f01";
     const UID_US: &str = "8d2a6f4e_1b7c_4e3a_9f0d_5c6b7a8e9f01";
 
-    /// (path, expected container id, runtime, pod uid). Shapes taken from real hosts; ids
-    /// replaced by fixed ones.
-    fn samples() -> Vec<(
-        String,
-        Option<(&'static str, Option<&'static str>, Option<&'static str>)>,
-    )> {
+    /// Expected (container id, runtime, pod uid); `None` when the path names no container.
+    type Expected = Option<(&'static str, Option<&'static str>, Option<&'static str>)>;
+
+    /// (path, expected). Shapes taken from real hosts; ids replaced by fixed ones.
+    fn samples() -> Vec<(String, Expected)> {
         vec![
             // containerd, systemd driver, cgroup v2 (GKE, EKS AL2023, kubeadm on Ubuntu 22.04).
             (
