@@ -1,0 +1,76 @@
+//! Command line.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// A live table per process, refreshed every second.
+    Table,
+    /// One JSON object per line: findings (re-printed when their count changes), coverage and counters.
+    Json,
+}
+
+/// tracegap: finds where distributed traces break, from the host, without touching applications.
+#[derive(Debug, Parser)]
+#[command(name = "tracegap", version)]
+pub struct Args {
+    /// Output format (default: table on a terminal, json otherwise).
+    #[arg(long, value_enum)]
+    pub output: Option<Output>,
+
+    /// Request bytes captured per syscall (at most 4096).
+    #[arg(long, default_value_t = agent_common::CAPTURE_CAP_DEFAULT,
+          value_parser = clap::value_parser!(u32).range(16..=agent_common::CAPTURE_CAP_MAX as i64))]
+    pub capture_bytes: u32,
+
+    /// Ring buffer size in bytes (a power of two, a multiple of the page size).
+    #[arg(long, default_value_t = agent_common::RING_BUF_BYTES_DEFAULT, value_parser = parse_ring_bytes)]
+    pub ring_buffer_bytes: u32,
+
+    /// OTLP/gRPC receiver address for the spans applications export ("off" to disable).
+    #[arg(long, default_value = "127.0.0.1:4317", value_parser = parse_listen)]
+    pub otlp_grpc_listen: Listen,
+
+    /// OTLP/HTTP receiver address ("off" to disable).
+    #[arg(long, default_value = "127.0.0.1:4318", value_parser = parse_listen)]
+    pub otlp_http_listen: Listen,
+
+    /// Forward every OTLP export request unchanged to this collector (e.g. http://collector:4318).
+    #[arg(long)]
+    pub forward_to: Option<String>,
+
+    /// How long to wait for the span behind an outbound traceparent before calling it unexported.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub span_grace: Duration,
+
+    /// Shortest interval between two reports of the same finding (JSON and OTLP).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub report_interval: Duration,
+
+    /// Stop after this long (for scripts and benchmarks).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+}
+
+/// A listen address or `off`.
+pub type Listen = Option<SocketAddr>;
+
+fn parse_listen(s: &str) -> Result<Listen, String> {
+    if s == "off" {
+        return Ok(None);
+    }
+    s.parse::<SocketAddr>()
+        .map(Some)
+        .map_err(|e| format!("{e}: expected ip:port or off"))
+}
+
+fn parse_ring_bytes(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|e| format!("{e}"))?;
+    if n.is_power_of_two() && n >= 4096 {
+        Ok(n)
+    } else {
+        Err("must be a power of two of at least 4096".into())
+    }
+}

@@ -1,0 +1,273 @@
+//! Finding kinds (defined once), their identity, and the store that groups and counts them.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    time::SystemTime,
+};
+
+use serde::Serialize;
+
+/// Every kind of finding tracegap reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FindingKind {
+    /// An instrumented process sent a request with no trace context at all.
+    MissingTraceparent,
+    /// A process with no sign of instrumentation sent a request with no trace context.
+    UninstrumentedClient,
+    /// Only B3 or Jaeger context: a W3C-only hop downstream will start a new trace.
+    NonW3cPropagation,
+    /// A `traceparent` that W3C propagators reject.
+    MalformedTraceparent,
+    /// Requests sent while handling a traced request started a new trace.
+    BrokenContext,
+    /// The span named as parent in an outbound `traceparent` was never exported.
+    UnexportedSpan,
+    /// One export request per span at a sustained rate (no batching).
+    SynchronousExport,
+}
+
+impl FindingKind {
+    pub const ALL: [Self; 7] = [
+        Self::MissingTraceparent,
+        Self::UninstrumentedClient,
+        Self::NonW3cPropagation,
+        Self::MalformedTraceparent,
+        Self::BrokenContext,
+        Self::UnexportedSpan,
+        Self::SynchronousExport,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MissingTraceparent => "missing_traceparent",
+            Self::UninstrumentedClient => "uninstrumented_client",
+            Self::NonW3cPropagation => "non_w3c_propagation",
+            Self::MalformedTraceparent => "malformed_traceparent",
+            Self::BrokenContext => "broken_context",
+            Self::UnexportedSpan => "unexported_span",
+            Self::SynchronousExport => "synchronous_export",
+        }
+    }
+
+    pub fn severity(self) -> Severity {
+        match self {
+            Self::MissingTraceparent
+            | Self::MalformedTraceparent
+            | Self::BrokenContext
+            | Self::UnexportedSpan => Severity::Error,
+            Self::NonW3cPropagation | Self::SynchronousExport => Severity::Warning,
+            Self::UninstrumentedClient => Severity::Info,
+        }
+    }
+
+    /// The end of a sentence "<who> sent N <method> <path> requests to <peer> ...".
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::MissingTraceparent => "without traceparent",
+            Self::UninstrumentedClient => "without trace context (process not instrumented)",
+            Self::NonW3cPropagation => "with only B3/Jaeger trace context, no W3C traceparent",
+            Self::MalformedTraceparent => "with a malformed traceparent",
+            Self::BrokenContext => "that started a new trace while handling a traced request",
+            Self::UnexportedSpan => "whose parent span was never exported",
+            Self::SynchronousExport => "exporting one span per request (no batching)",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Error,
+    Warning,
+    Info,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Error => "error",
+            Self::Warning => "warning",
+            Self::Info => "info",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Outbound,
+    Inbound,
+}
+
+/// What makes two findings the same one.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FindingKey {
+    pub kind: FindingKind,
+    pub pid: u32,
+    pub direction: Direction,
+    pub peer: Option<SocketAddr>,
+    pub method: String,
+    pub path: String,
+}
+
+/// The process a finding is about, as known when it was raised.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Subject {
+    pub comm: String,
+    pub exe: Option<String>,
+    pub service_name: Option<String>,
+    pub container_id: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Finding {
+    pub key: FindingKey,
+    pub subject: Subject,
+    pub count: u64,
+    pub first_seen: SystemTime,
+    pub last_seen: SystemTime,
+    /// Trace-context headers and rule facts only; never other header values.
+    pub evidence: BTreeMap<String, String>,
+}
+
+/// Bound on distinct findings kept; past it the least recently seen one is evicted (counted).
+pub const MAX_FINDINGS: usize = 10_000;
+
+#[derive(Default)]
+pub struct FindingStore {
+    findings: HashMap<FindingKey, Finding>,
+    /// Keys whose count changed since the last [`FindingStore::take_changed`].
+    changed: Vec<FindingKey>,
+    pub evicted: u64,
+}
+
+impl FindingStore {
+    /// Counts one occurrence; returns true when the finding is new.
+    pub fn record(
+        &mut self,
+        key: FindingKey,
+        subject: &Subject,
+        evidence: BTreeMap<String, String>,
+        at: SystemTime,
+    ) -> bool {
+        if let Some(f) = self.findings.get_mut(&key) {
+            f.count += 1;
+            f.last_seen = f.last_seen.max(at);
+            f.evidence = evidence;
+            if f.subject.service_name.is_none() {
+                f.subject.service_name.clone_from(&subject.service_name);
+            }
+            if !self.changed.contains(&key) {
+                self.changed.push(key);
+            }
+            return false;
+        }
+        if self.findings.len() >= MAX_FINDINGS {
+            self.evict_oldest();
+        }
+        self.changed.push(key.clone());
+        self.findings.insert(
+            key.clone(),
+            Finding {
+                key,
+                subject: subject.clone(),
+                count: 1,
+                first_seen: at,
+                last_seen: at,
+                evidence,
+            },
+        );
+        true
+    }
+
+    fn evict_oldest(&mut self) {
+        if let Some(key) = self
+            .findings
+            .values()
+            .min_by_key(|f| f.last_seen)
+            .map(|f| f.key.clone())
+        {
+            self.findings.remove(&key);
+            self.changed.retain(|k| k != &key);
+            self.evicted += 1;
+        }
+    }
+
+    /// Findings changed since the last call, in the order they changed.
+    pub fn take_changed(&mut self) -> Vec<Finding> {
+        std::mem::take(&mut self.changed)
+            .into_iter()
+            .filter_map(|k| self.findings.get(&k).cloned())
+            .collect()
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &Finding> {
+        self.findings.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.findings.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.findings.is_empty()
+    }
+
+    pub fn count_by_kind(&self) -> BTreeMap<FindingKind, u64> {
+        let mut counts = BTreeMap::new();
+        for f in self.findings.values() {
+            *counts.entry(f.key.kind).or_default() += 1;
+        }
+        counts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(pid: u32, path: &str) -> FindingKey {
+        FindingKey {
+            kind: FindingKind::MissingTraceparent,
+            pid,
+            direction: Direction::Outbound,
+            peer: Some("127.0.0.1:8080".parse().expect("addr")),
+            method: "GET".into(),
+            path: path.into(),
+        }
+    }
+
+    #[test]
+    fn same_identity_is_counted_not_duplicated() {
+        let mut store = FindingStore::default();
+        let s = Subject::default();
+        let t = SystemTime::UNIX_EPOCH;
+        assert!(store.record(key(1, "/a"), &s, BTreeMap::new(), t));
+        assert!(!store.record(key(1, "/a"), &s, BTreeMap::new(), t));
+        assert!(store.record(key(1, "/b"), &s, BTreeMap::new(), t));
+        let changed = store.take_changed();
+        assert_eq!(changed.len(), 2);
+        assert_eq!(changed[0].count, 2);
+        assert!(store.take_changed().is_empty());
+    }
+
+    #[test]
+    fn store_is_bounded() {
+        let mut store = FindingStore::default();
+        let s = Subject::default();
+        for i in 0..(MAX_FINDINGS as u32 + 10) {
+            let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(u64::from(i));
+            store.record(key(i, "/x"), &s, BTreeMap::new(), at);
+        }
+        assert_eq!(store.len(), MAX_FINDINGS);
+        assert_eq!(store.evicted, 10);
+    }
+
+    #[test]
+    fn every_kind_has_a_distinct_name() {
+        let names: std::collections::HashSet<_> = FindingKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(names.len(), FindingKind::ALL.len());
+    }
+}

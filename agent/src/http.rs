@@ -1,0 +1,165 @@
+//! HTTP/1.x request prefixes → method, path and trace-context headers.
+//!
+//! The kernel captured the first bytes of a send or receive that starts with a request method; a
+//! partial header block is normal (capture cap, or a header block split over several syscalls).
+//! Only trace-context header values are kept: every other value is dropped here, at parse time.
+
+use crate::trace_context::{is_trace_header, TraceHeaders};
+
+/// Headers parsed per request; more is a parse error (counted), never a crash.
+pub const MAX_HEADERS: usize = 128;
+
+/// OTLP/HTTP export paths: a process's own telemetry, never judged for propagation.
+pub const OTLP_PATHS: &[&str] = &["/v1/traces", "/v1/metrics", "/v1/logs"];
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    pub method: String,
+    /// Path without query string or fragment.
+    pub path: String,
+    pub trace: TraceHeaders,
+    /// The header block ended inside the captured bytes: absent headers are really absent.
+    pub complete: bool,
+}
+
+impl Request {
+    /// An OTLP/HTTP export request (`POST /v1/traces` and friends).
+    pub fn is_telemetry(&self) -> bool {
+        self.method == "POST" && OTLP_PATHS.iter().any(|p| self.path.ends_with(p))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HttpError {
+    #[error("invalid HTTP request: {0}")]
+    Invalid(httparse::Error),
+    #[error("request line incomplete")]
+    NoRequestLine,
+}
+
+/// Parses a captured request prefix.
+pub fn parse_request(bytes: &[u8]) -> Result<Request, HttpError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let complete = match req.parse(bytes).map_err(HttpError::Invalid)? {
+        httparse::Status::Complete(_) => true,
+        httparse::Status::Partial => false,
+    };
+    if complete {
+        return Ok(build(&req, true));
+    }
+    // httparse reports nothing on a partial block, so parse the complete lines seen so far,
+    // closed with an empty line; the last line may be cut mid-way and is left out.
+    let Some(last_line_end) = bytes.windows(2).rposition(|w| w == b"\r\n") else {
+        return Err(HttpError::NoRequestLine);
+    };
+    let mut closed = Vec::with_capacity(last_line_end + 4);
+    closed.extend_from_slice(&bytes[..last_line_end + 2]);
+    closed.extend_from_slice(b"\r\n");
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(&closed).map_err(HttpError::Invalid)? {
+        httparse::Status::Complete(_) => Ok(build(&req, false)),
+        httparse::Status::Partial => Err(HttpError::NoRequestLine),
+    }
+}
+
+fn build(req: &httparse::Request<'_, '_>, complete: bool) -> Request {
+    let trace = TraceHeaders {
+        headers: req
+            .headers
+            .iter()
+            .filter_map(|h| {
+                let name = h.name.to_ascii_lowercase();
+                if !is_trace_header(&name) {
+                    return None;
+                }
+                let value = String::from_utf8_lossy(h.value).into_owned();
+                Some((name, value))
+            })
+            .collect(),
+    };
+    Request {
+        method: req.method.unwrap_or_default().to_owned(),
+        path: strip_path(req.path.unwrap_or_default()),
+        trace,
+        complete,
+    }
+}
+
+/// Drops query string and fragment (they may hold tokens), and the scheme and authority of an
+/// absolute-form request target (`GET http://host/path` to a proxy).
+fn strip_path(target: &str) -> String {
+    let target = match target.find("://") {
+        Some(i) => target[i + 3..].find('/').map_or("/", |j| &target[i + 3 + j..]),
+        None => target,
+    };
+    let end = target.find(['?', '#']).unwrap_or(target.len());
+    target[..end].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace_context::Propagation;
+
+    const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn complete_request_keeps_only_trace_headers() {
+        let raw = format!(
+            "GET /api/cart?user=42&token=SECRET HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer SECRET\r\n\
+             Cookie: s=SECRET\r\ntraceparent: {TP}\r\nTraceState: k=v\r\n\r\n"
+        );
+        let req = parse_request(raw.as_bytes()).expect("parses");
+        assert!(req.complete);
+        assert_eq!(req.method, "GET");
+        assert_eq!(req.path, "/api/cart");
+        assert_eq!(req.trace.classify(), Propagation::W3c);
+        assert_eq!(req.trace.get("tracestate"), Some("k=v"));
+        assert!(!format!("{req:?}").contains("SECRET"));
+    }
+
+    #[test]
+    fn truncated_block_keeps_the_lines_seen_and_says_incomplete() {
+        let raw = format!("POST /x HTTP/1.1\r\ntraceparent: {TP}\r\nX-Long: aaaa");
+        let req = parse_request(raw.as_bytes()).expect("parses");
+        assert!(!req.complete);
+        assert_eq!(req.trace.classify(), Propagation::W3c);
+        let req = parse_request(b"GET /y HTTP/1.1\r\nHost: a\r\nUser-Ag").expect("parses");
+        assert!(!req.complete);
+        assert_eq!(req.path, "/y");
+    }
+
+    #[test]
+    fn bad_input_is_an_error_not_a_panic() {
+        assert!(parse_request(b"GET \x00\x01\x02\xff binary").is_err());
+        assert!(parse_request(b"GET /only-a-partial-request-line").is_err());
+        assert!(parse_request(b"").is_err());
+        let mut many = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..(MAX_HEADERS + 5) {
+            many.extend_from_slice(format!("h{i}: v\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert_eq!(
+            parse_request(&many),
+            Err(HttpError::Invalid(httparse::Error::TooManyHeaders))
+        );
+    }
+
+    #[test]
+    fn paths_lose_query_fragment_and_authority() {
+        assert_eq!(strip_path("/a/b?c=d#e"), "/a/b");
+        assert_eq!(strip_path("http://example.test:8080/p?q"), "/p");
+        assert_eq!(strip_path("http://example.test"), "/");
+        assert_eq!(strip_path("*"), "*");
+    }
+
+    #[test]
+    fn otlp_exports_are_telemetry() {
+        let req = parse_request(b"POST /v1/traces HTTP/1.1\r\nHost: c\r\n\r\n").expect("parses");
+        assert!(req.is_telemetry());
+        let req = parse_request(b"GET /v1/traces HTTP/1.1\r\nHost: c\r\n\r\n").expect("parses");
+        assert!(!req.is_telemetry());
+    }
+}

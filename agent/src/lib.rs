@@ -1,0 +1,16 @@
+//! tracegap agent: kernel capture of HTTP request headers, correlation with exported spans, and
+//! findings about where traces break.
+
+pub mod capture;
+pub mod cgroup;
+pub mod cli;
+pub mod correlate;
+pub mod findings;
+pub mod http;
+pub mod pipeline;
+pub mod process;
+pub mod report;
+mod run;
+pub mod trace_context;
+
+pub use run::{run, shutdown_signal};

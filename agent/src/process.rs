@@ -1,0 +1,199 @@
+//! pid → what the process is (comm, executable, service name, OTel environment, container),
+//! and fd → peer address, read from /proc and cached.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use procfs::process::{FDTarget, Process};
+
+/// Processes remembered at once; past it the oldest entry is dropped.
+pub const MAX_PROCESSES: usize = 16_384;
+/// A cached entry is read again after this long (a pid may have been reused, env may change).
+const REFRESH_AFTER: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub comm: String,
+    pub exe: Option<String>,
+    /// `OTEL_SERVICE_NAME`, else `service.name` in `OTEL_RESOURCE_ATTRIBUTES`.
+    pub service_name: Option<String>,
+    /// Any `OTEL_*` environment variable: the process was set up for OpenTelemetry.
+    pub otel_env: bool,
+    pub container_id: Option<String>,
+    /// /proc had no entry when we looked: the process exited first. Only the kernel's comm is known.
+    pub exited: bool,
+}
+
+struct Entry {
+    info: ProcessInfo,
+    loaded: Instant,
+}
+
+#[derive(Default)]
+pub struct ProcessCache {
+    entries: HashMap<u32, Entry>,
+    pub exited_before_lookup: u64,
+}
+
+impl ProcessCache {
+    /// The process behind `pid`; `comm` from the kernel is used when /proc has nothing.
+    pub fn get(&mut self, pid: u32, comm: &str) -> &ProcessInfo {
+        let fresh = self
+            .entries
+            .get(&pid)
+            .is_some_and(|e| e.loaded.elapsed() < REFRESH_AFTER && (e.info.comm == comm || e.info.exited));
+        if !fresh {
+            if self.entries.len() >= MAX_PROCESSES {
+                self.evict_oldest();
+            }
+            let info = load(pid, comm);
+            if info.exited {
+                self.exited_before_lookup += 1;
+            }
+            self.entries.insert(
+                pid,
+                Entry {
+                    info,
+                    loaded: Instant::now(),
+                },
+            );
+        }
+        &self.entries[&pid].info
+    }
+
+    /// The cached entry, without touching /proc.
+    pub fn cached(&self, pid: u32) -> Option<&ProcessInfo> {
+        self.entries.get(&pid).map(|e| &e.info)
+    }
+
+    /// Forgets processes that exited.
+    pub fn sweep(&mut self) {
+        self.entries
+            .retain(|pid, _| std::path::Path::new(&format!("/proc/{pid}")).exists());
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn evict_oldest(&mut self) {
+        if let Some(pid) = self
+            .entries
+            .iter()
+            .min_by_key(|(_, e)| e.loaded)
+            .map(|(pid, _)| *pid)
+        {
+            self.entries.remove(&pid);
+        }
+    }
+}
+
+fn load(pid: u32, comm: &str) -> ProcessInfo {
+    let mut info = ProcessInfo {
+        pid,
+        comm: comm.to_owned(),
+        exe: None,
+        service_name: None,
+        otel_env: false,
+        container_id: None,
+        exited: false,
+    };
+    let Ok(process) = Process::new(pid as i32) else {
+        info.exited = true;
+        return info;
+    };
+    info.exe = process.exe().ok().map(|p| p.to_string_lossy().into_owned());
+    if let Ok(env) = process.environ() {
+        let get = |k: &str| env.get(std::ffi::OsStr::new(k)).map(|v| v.to_string_lossy().into_owned());
+        info.otel_env = env
+            .keys()
+            .any(|k| k.to_string_lossy().starts_with("OTEL_"));
+        info.service_name = get("OTEL_SERVICE_NAME")
+            .filter(|s| !s.is_empty())
+            .or_else(|| get("OTEL_RESOURCE_ATTRIBUTES").and_then(|a| service_name_from_resource_attributes(&a)));
+    }
+    info.container_id = container_id(pid);
+    if info.exe.is_none() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        info.exited = true;
+    }
+    info
+}
+
+fn container_id(pid: u32) -> Option<String> {
+    let contents = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    crate::cgroup::parse_cgroup_file(&contents).map(|c| c.container_id)
+}
+
+/// `service.name=x` in an `OTEL_RESOURCE_ATTRIBUTES` list (`k=v,k=v`, values percent-encoded).
+pub fn service_name_from_resource_attributes(attrs: &str) -> Option<String> {
+    attrs.split(',').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k.trim() == "service.name" && !v.trim().is_empty()).then(|| v.trim().to_owned())
+    })
+}
+
+/// The remote address of socket `fd` of `pid`, from /proc/<pid>/fd and the process's own
+/// network namespace's /proc/<pid>/net/tcp{,6}.
+pub fn socket_peer(pid: u32, fd: i32) -> Option<SocketAddr> {
+    let process = Process::new(pid as i32).ok()?;
+    let fd_info = process.fd_from_fd(fd).ok()?;
+    let FDTarget::Socket(inode) = fd_info.target else {
+        return None;
+    };
+    let tcp = process.tcp().unwrap_or_default();
+    let tcp6 = process.tcp6().unwrap_or_default();
+    tcp.iter()
+        .chain(tcp6.iter())
+        .find(|e| e.inode == inode)
+        .map(|e| e.remote_address)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_name_from_attributes() {
+        assert_eq!(
+            service_name_from_resource_attributes("deployment.environment=prod,service.name=checkout"),
+            Some("checkout".into())
+        );
+        assert_eq!(service_name_from_resource_attributes("service.name="), None);
+        assert_eq!(service_name_from_resource_attributes("a=b"), None);
+    }
+
+    #[test]
+    fn reads_own_process_and_socket_peer() {
+        let mut cache = ProcessCache::default();
+        let me = std::process::id();
+        let info = cache.get(me, "x").clone();
+        assert!(!info.exited);
+        assert!(info.exe.is_some());
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let stream = std::net::TcpStream::connect(addr).expect("connect");
+        use std::os::fd::AsRawFd as _;
+        assert_eq!(socket_peer(me, stream.as_raw_fd()), Some(addr));
+    }
+
+    #[test]
+    fn exited_process_keeps_kernel_comm() {
+        let mut child = std::process::Command::new("true").spawn().expect("spawn");
+        let pid = child.id();
+        child.wait().expect("wait");
+        let mut cache = ProcessCache::default();
+        let info = cache.get(pid, "true").clone();
+        assert!(info.exited);
+        assert_eq!(info.comm, "true");
+        assert_eq!(cache.exited_before_lookup, 1);
+    }
+}
