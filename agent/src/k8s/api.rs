@@ -117,7 +117,9 @@ pub enum WatchEvent {
     Modified(Pod),
     Deleted(Pod),
     /// Only carries a newer resource version (`allowWatchBookmarks=true`).
-    Bookmark { resource_version: String },
+    Bookmark {
+        resource_version: String,
+    },
     Error(Status),
 }
 
@@ -300,7 +302,9 @@ mod tests {
     #[test]
     fn parses_watch_events() {
         let added = br#"{"type":"ADDED","object":{"metadata":{"name":"p","uid":"u1","resourceVersion":"5"}}}"#;
-        assert!(matches!(parse_watch_event(added), Ok(WatchEvent::Added(p)) if p.metadata.uid == "u1"));
+        assert!(
+            matches!(parse_watch_event(added), Ok(WatchEvent::Added(p)) if p.metadata.uid == "u1")
+        );
         let bookmark =
             br#"{"type":"BOOKMARK","object":{"kind":"Pod","metadata":{"resourceVersion":"99"}}}"#;
         assert!(matches!(
