@@ -273,7 +273,7 @@ pub async fn serve(
         let svc = grpc::GrpcService::new(Arc::clone(&intake));
         handle
             .tasks
-            .spawn(grpc::run(svc, conns, config.max_message_bytes, stop_rx.clone()));
+            .spawn(grpc::run(svc, conns, stop_rx.clone()));
     }
     if let Some((l, addr)) = http_listener {
         handle.http_addr = Some(addr);
