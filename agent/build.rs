@@ -90,10 +90,7 @@ fn build_ebpf(ebpf_dir: &Path, out_dir: &Path) -> Result<PathBuf> {
     if !status.success() {
         bail!("building agent-ebpf failed ({status}); see the output above");
     }
-    Ok(target_dir
-        .join(BPF_TARGET)
-        .join("release")
-        .join("tracegap"))
+    Ok(target_dir.join(BPF_TARGET).join("release").join("tracegap"))
 }
 
 fn path_with_cargo_bin() -> std::ffi::OsString {

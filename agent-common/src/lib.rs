@@ -96,7 +96,7 @@ pub struct EventHeader {
 
 pub const EVENT_HEADER_LEN: usize = size_of::<EventHeader>();
 const _: () = assert!(EVENT_HEADER_LEN == 72);
-const _: () = assert!(EVENT_HEADER_LEN % 8 == 0);
+const _: () = assert!(EVENT_HEADER_LEN.is_multiple_of(8));
 
 /// A full record as built in the per-CPU scratch buffer. The payload area is twice the cap so
 /// that "offset masked to cap-1 plus length masked to cap-1" is provably in bounds.
@@ -108,7 +108,9 @@ pub struct EventBuf {
 }
 
 const _: () = assert!(CAPTURE_CAP_MAX.is_power_of_two());
-const _: () = assert!(RING_BUF_BYTES_DEFAULT % 4096 == 0 && RING_BUF_BYTES_DEFAULT.is_power_of_two());
+const _: () = assert!(
+    RING_BUF_BYTES_DEFAULT.is_multiple_of(4096) && RING_BUF_BYTES_DEFAULT.is_power_of_two()
+);
 
 /// Peer of a connected socket, remembered at `connect`.
 #[repr(C)]

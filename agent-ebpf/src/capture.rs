@@ -174,7 +174,11 @@ fn copy_and_submit(sys: &Syscall, src: Source) -> Result<(), ()> {
                     // SAFETY: off < CAPTURE_CAP_MAX and n <= CAPTURE_CAP_MAX: in bounds of
                     // the 2 * CAPTURE_CAP_MAX data area.
                     let ret = unsafe {
-                        bpf_probe_read_user(data.add(off as usize).cast(), n as u32, base as *const _)
+                        bpf_probe_read_user(
+                            data.add(off as usize).cast(),
+                            n as u32,
+                            base as *const _,
+                        )
                     };
                     if ret != 0 {
                         event_flags |= flags::READ_FAILED;
@@ -223,7 +227,8 @@ fn copy_and_submit(sys: &Syscall, src: Source) -> Result<(), ()> {
     let size = EVENT_HEADER_LEN + captured as usize;
     // SAFETY: `buf` holds EVENT_HEADER_LEN + 2 * CAPTURE_CAP_MAX bytes, more than `size`, and
     // the verifier sees `size` bounded through `clamp_to_cap`.
-    let record = unsafe { core::slice::from_raw_parts(core::ptr::from_ref(buf).cast::<u8>(), size) };
+    let record =
+        unsafe { core::slice::from_raw_parts(core::ptr::from_ref(buf).cast::<u8>(), size) };
     let ret = EVENTS.output::<[u8]>(record, 0);
     if ret.is_err() {
         count(counter::RINGBUF_FULL);

@@ -42,8 +42,7 @@ static SCRATCH: PerCpuArray<EventBuf> = PerCpuArray::with_max_entries(1, 0);
 
 /// Receive syscalls between enter and exit, keyed by pid_tgid.
 #[map]
-static RECV_STASH: HashMap<u64, recv::RecvArgs> =
-    HashMap::with_max_entries(RECV_STASH_ENTRIES, 0);
+static RECV_STASH: HashMap<u64, recv::RecvArgs> = HashMap::with_max_entries(RECV_STASH_ENTRIES, 0);
 
 /// Peer address of each socket a process connected, forgotten at close.
 #[map]

@@ -13,7 +13,14 @@ const ARGS_OFFSET: usize = 16;
 pub fn arg(ctx: &TracePointContext, index: usize) -> u64 {
     // SAFETY: the context is the tracepoint's record; direct 8-byte aligned reads inside it are
     // what the verifier allows for tracepoint programs (no helper call on the hot path).
-    unsafe { core::ptr::read(ctx.as_ptr().cast::<u8>().add(ARGS_OFFSET + 8 * index).cast::<u64>()) }
+    unsafe {
+        core::ptr::read(
+            ctx.as_ptr()
+                .cast::<u8>()
+                .add(ARGS_OFFSET + 8 * index)
+                .cast::<u64>(),
+        )
+    }
 }
 
 /// Return value of a `sys_exit_*` tracepoint.

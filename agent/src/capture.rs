@@ -197,25 +197,46 @@ impl Capture {
                 .program_mut(name)
                 .ok_or(CaptureError::MissingProgram(name))?
                 .try_into()
-                .map_err(|source| CaptureError::Attach { name, tracepoint, source })?;
-            program
-                .load()
-                .map_err(|source| CaptureError::Attach { name, tracepoint, source })?;
+                .map_err(|source| CaptureError::Attach {
+                    name,
+                    tracepoint,
+                    source,
+                })?;
+            program.load().map_err(|source| CaptureError::Attach {
+                name,
+                tracepoint,
+                source,
+            })?;
             program
                 .attach("syscalls", tracepoint)
-                .map_err(|source| CaptureError::Attach { name, tracepoint, source })?;
+                .map_err(|source| CaptureError::Attach {
+                    name,
+                    tracepoint,
+                    source,
+                })?;
             attached += 1;
         }
-        let events = RingBuf::try_from(ebpf.take_map(MAP_EVENTS).ok_or(CaptureError::MissingMap(MAP_EVENTS))?)
-            .map_err(|source| CaptureError::Map { name: MAP_EVENTS, source })?;
-        let counters = PerCpuArray::try_from(
-            ebpf.take_map(MAP_COUNTERS).ok_or(CaptureError::MissingMap(MAP_COUNTERS))?,
+        let events = RingBuf::try_from(
+            ebpf.take_map(MAP_EVENTS)
+                .ok_or(CaptureError::MissingMap(MAP_EVENTS))?,
         )
-        .map_err(|source| CaptureError::Map { name: MAP_COUNTERS, source })?;
+        .map_err(|source| CaptureError::Map {
+            name: MAP_EVENTS,
+            source,
+        })?;
+        let counters = PerCpuArray::try_from(
+            ebpf.take_map(MAP_COUNTERS)
+                .ok_or(CaptureError::MissingMap(MAP_COUNTERS))?,
+        )
+        .map_err(|source| CaptureError::Map {
+            name: MAP_COUNTERS,
+            source,
+        })?;
         // SAFETY: the ring buffer owns its fd, which stays open and unchanged until the AsyncFd
         // (which owns the ring buffer) is dropped.
-        let events = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
-            .map_err(|e| CaptureError::Poll(e.into()))?;
+        let events =
+            unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
+                .map_err(|e| CaptureError::Poll(e.into()))?;
         log::info!(
             "attached {attached} programs to syscall tracepoints (capture cap {cap} bytes, ring buffer {ring_bytes} bytes, agent pid {own_tgid} excluded)"
         );
@@ -233,7 +254,11 @@ impl Capture {
     }
 
     /// Waits until the ring buffer has records, then decodes up to `max` of them.
-    pub async fn next_batch(&mut self, max: usize, out: &mut Vec<Result<CapturedEvent, DecodeError>>) -> std::io::Result<()> {
+    pub async fn next_batch(
+        &mut self,
+        max: usize,
+        out: &mut Vec<Result<CapturedEvent, DecodeError>>,
+    ) -> std::io::Result<()> {
         let mut guard = self.events.readable_mut().await?;
         let ring = guard.get_inner_mut();
         while out.len() < max {
@@ -270,7 +295,6 @@ impl Capture {
         }
         sums
     }
-
 }
 
 /// aya resolves tracepoint ids under /sys/kernel/tracing; a fresh machine has no tracefs there.
@@ -284,7 +308,13 @@ fn ensure_tracefs() -> Result<(), CaptureError> {
     let target = c"/sys/kernel/tracing";
     // SAFETY: valid NUL-terminated strings; no data argument.
     let rc = unsafe {
-        libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            fstype.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if rc != 0 {
         return Err(CaptureError::Tracefs(std::io::Error::last_os_error()));
@@ -341,6 +371,9 @@ mod tests {
         let mut r = record(b"GET / HTTP/1.1\r\n", 16, direction::OUTBOUND);
         r.truncate(r.len() - 1);
         assert_eq!(decode(&r).err(), Some(DecodeError::Length));
-        assert_eq!(decode(&record(b"GET / HTTP/1.1\r\n", 16, 9)).err(), Some(DecodeError::Direction(9)));
+        assert_eq!(
+            decode(&record(b"GET / HTTP/1.1\r\n", 16, 9)).err(),
+            Some(DecodeError::Direction(9))
+        );
     }
 }

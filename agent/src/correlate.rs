@@ -135,19 +135,34 @@ mod tests {
 
     #[test]
     fn rules_for_outbound_requests() {
-        assert_eq!(judge_outbound(&req(&format!("traceparent: {TP}\r\n")), true), Verdict::Clean);
-        assert_eq!(kind(judge_outbound(&req(""), true)), Some(FindingKind::MissingTraceparent));
-        assert_eq!(kind(judge_outbound(&req(""), false)), Some(FindingKind::UninstrumentedClient));
+        assert_eq!(
+            judge_outbound(&req(&format!("traceparent: {TP}\r\n")), true),
+            Verdict::Clean
+        );
+        assert_eq!(
+            kind(judge_outbound(&req(""), true)),
+            Some(FindingKind::MissingTraceparent)
+        );
+        assert_eq!(
+            kind(judge_outbound(&req(""), false)),
+            Some(FindingKind::UninstrumentedClient)
+        );
         assert_eq!(
             kind(judge_outbound(&req("traceparent: 00-xyz\r\n"), false)),
             Some(FindingKind::MalformedTraceparent)
         );
         assert_eq!(
-            kind(judge_outbound(&req("b3: 80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1\r\n"), true)),
+            kind(judge_outbound(
+                &req("b3: 80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1\r\n"),
+                true
+            )),
             Some(FindingKind::NonW3cPropagation)
         );
         assert_eq!(
-            judge_outbound(&req("x-amzn-trace-id: Root=1-5759e988-bd862e3fe1be46a994272793\r\n"), true),
+            judge_outbound(
+                &req("x-amzn-trace-id: Root=1-5759e988-bd862e3fe1be46a994272793\r\n"),
+                true
+            ),
             Verdict::Clean
         );
     }
@@ -158,8 +173,9 @@ mod tests {
         assert!(!cut.complete);
         assert_eq!(judge_outbound(&cut, true), Verdict::Undetermined);
         // ...but a traceparent seen before the cut still counts.
-        let cut = parse_request(format!("GET /a HTTP/1.1\r\ntraceparent: {TP}\r\nX-Pad: aa").as_bytes())
-            .expect("parses");
+        let cut =
+            parse_request(format!("GET /a HTTP/1.1\r\ntraceparent: {TP}\r\nX-Pad: aa").as_bytes())
+                .expect("parses");
         assert_eq!(judge_outbound(&cut, true), Verdict::Clean);
     }
 
@@ -175,7 +191,10 @@ mod tests {
             panic!("expected a finding");
         };
         assert_eq!(ev.get("traceparent").map(String::as_str), Some("00-xyz"));
-        assert_eq!(ev.get("traceparent_error").map(String::as_str), Some("wrong length"));
+        assert_eq!(
+            ev.get("traceparent_error").map(String::as_str),
+            Some("wrong length")
+        );
     }
 
     #[test]

@@ -267,7 +267,8 @@ mod tests {
 
     #[test]
     fn every_kind_has_a_distinct_name() {
-        let names: std::collections::HashSet<_> = FindingKind::ALL.iter().map(|k| k.as_str()).collect();
+        let names: std::collections::HashSet<_> =
+            FindingKind::ALL.iter().map(|k| k.as_str()).collect();
         assert_eq!(names.len(), FindingKind::ALL.len());
     }
 }

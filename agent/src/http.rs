@@ -91,7 +91,9 @@ fn build(req: &httparse::Request<'_, '_>, complete: bool) -> Request {
 /// absolute-form request target (`GET http://host/path` to a proxy).
 fn strip_path(target: &str) -> String {
     let target = match target.find("://") {
-        Some(i) => target[i + 3..].find('/').map_or("/", |j| &target[i + 3 + j..]),
+        Some(i) => target[i + 3..]
+            .find('/')
+            .map_or("/", |j| &target[i + 3 + j..]),
         None => target,
     };
     let end = target.find(['?', '#']).unwrap_or(target.len());

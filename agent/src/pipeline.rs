@@ -8,7 +8,7 @@ use std::{
 use crate::{
     capture::{CapturedEvent, DecodeError},
     correlate::{finding_key, judge_outbound, propagation, ProcessStats, Verdict},
-    findings::{Direction, FindingStore, Subject},
+    findings::{Direction, FindingKind, FindingStore, Subject},
     http::parse_request,
     process::{socket_peer, ProcessCache, ProcessInfo},
 };
@@ -21,6 +21,9 @@ pub struct AgentCounters {
     /// Captures that started with a method but were not HTTP (binary data, garbage).
     pub parse_failures: u64,
     pub undetermined: u64,
+    /// Requests without context from processes that exited before /proc could be read: whether
+    /// they were instrumented is unknown, so they are not judged.
+    pub process_unknown: u64,
     pub telemetry_exports: u64,
 }
 
@@ -67,7 +70,8 @@ impl Pipeline {
             self.counters.parse_failures += 1;
             return;
         };
-        let at = SystemTime::UNIX_EPOCH + self.boot_offset + Duration::from_nanos(event.monotonic_ns);
+        let at =
+            SystemTime::UNIX_EPOCH + self.boot_offset + Duration::from_nanos(event.monotonic_ns);
         let info: ProcessInfo = self.processes.get(event.pid, &event.comm).clone();
         let stats = self.stats.entry(event.pid).or_default();
         stats.last_seen = Some(at);
@@ -76,7 +80,7 @@ impl Pipeline {
             return;
         }
         let instrumented = info.otel_env || self.exporters.contains(&event.pid);
-        let verdict = judge_outbound(&req, instrumented);
+        let mut verdict = judge_outbound(&req, instrumented);
         match &verdict {
             Verdict::Telemetry => {
                 stats.telemetry_exports += 1;
@@ -88,6 +92,16 @@ impl Pipeline {
             Verdict::Clean | Verdict::Finding(..) => {}
         }
         stats.count_outbound(propagation(&req));
+        if info.exited
+            && matches!(
+                verdict,
+                Verdict::Finding(FindingKind::UninstrumentedClient, _)
+            )
+        {
+            // Whether it was instrumented died with it: /proc had nothing left to read.
+            self.counters.process_unknown += 1;
+            verdict = Verdict::Undetermined;
+        }
         if let Verdict::Finding(kind, evidence) = verdict {
             let peer = event.peer.or_else(|| {
                 if info.exited {
@@ -122,7 +136,10 @@ pub fn subject(info: &ProcessInfo) -> Subject {
 }
 
 fn boot_offset() -> Duration {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid timespec to write into.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     let monotonic = Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);

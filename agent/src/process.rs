@@ -42,10 +42,9 @@ pub struct ProcessCache {
 impl ProcessCache {
     /// The process behind `pid`; `comm` from the kernel is used when /proc has nothing.
     pub fn get(&mut self, pid: u32, comm: &str) -> &ProcessInfo {
-        let fresh = self
-            .entries
-            .get(&pid)
-            .is_some_and(|e| e.loaded.elapsed() < REFRESH_AFTER && (e.info.comm == comm || e.info.exited));
+        let fresh = self.entries.get(&pid).is_some_and(|e| {
+            e.loaded.elapsed() < REFRESH_AFTER && (e.info.comm == comm || e.info.exited)
+        });
         if !fresh {
             if self.entries.len() >= MAX_PROCESSES {
                 self.evict_oldest();
@@ -112,13 +111,17 @@ fn load(pid: u32, comm: &str) -> ProcessInfo {
     };
     info.exe = process.exe().ok().map(|p| p.to_string_lossy().into_owned());
     if let Ok(env) = process.environ() {
-        let get = |k: &str| env.get(std::ffi::OsStr::new(k)).map(|v| v.to_string_lossy().into_owned());
-        info.otel_env = env
-            .keys()
-            .any(|k| k.to_string_lossy().starts_with("OTEL_"));
+        let get = |k: &str| {
+            env.get(std::ffi::OsStr::new(k))
+                .map(|v| v.to_string_lossy().into_owned())
+        };
+        info.otel_env = env.keys().any(|k| k.to_string_lossy().starts_with("OTEL_"));
         info.service_name = get("OTEL_SERVICE_NAME")
             .filter(|s| !s.is_empty())
-            .or_else(|| get("OTEL_RESOURCE_ATTRIBUTES").and_then(|a| service_name_from_resource_attributes(&a)));
+            .or_else(|| {
+                get("OTEL_RESOURCE_ATTRIBUTES")
+                    .and_then(|a| service_name_from_resource_attributes(&a))
+            });
     }
     info.container_id = container_id(pid);
     if info.exe.is_none() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
@@ -163,7 +166,9 @@ mod tests {
     #[test]
     fn service_name_from_attributes() {
         assert_eq!(
-            service_name_from_resource_attributes("deployment.environment=prod,service.name=checkout"),
+            service_name_from_resource_attributes(
+                "deployment.environment=prod,service.name=checkout"
+            ),
             Some("checkout".into())
         );
         assert_eq!(service_name_from_resource_attributes("service.name="), None);

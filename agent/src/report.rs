@@ -8,12 +8,7 @@ use std::{
 use agent_common::counter;
 use serde_json::{json, Value};
 
-use crate::{
-    capture::KernelCounters,
-    cli::Output,
-    findings::Finding,
-    pipeline::Pipeline,
-};
+use crate::{capture::KernelCounters, cli::Output, findings::Finding, pipeline::Pipeline};
 
 /// How often JSON output prints coverage and counter lines.
 const SUMMARY_EVERY: Duration = Duration::from_secs(10);
@@ -88,6 +83,7 @@ pub fn counters_json(kernel: &KernelCounters, pipeline: &Pipeline) -> Value {
             "decode_errors": a.decode_errors,
             "parse_failures": a.parse_failures,
             "undetermined": a.undetermined,
+            "process_unknown": a.process_unknown,
             "telemetry_exports": a.telemetry_exports,
             "findings": pipeline.findings.len(),
             "findings_evicted": pipeline.findings.evicted,
@@ -112,7 +108,11 @@ impl Reporter {
     }
 
     /// Called every report interval.
-    pub fn tick(&mut self, pipeline: &mut Pipeline, kernel: &KernelCounters) -> std::io::Result<()> {
+    pub fn tick(
+        &mut self,
+        pipeline: &mut Pipeline,
+        kernel: &KernelCounters,
+    ) -> std::io::Result<()> {
         match self.output {
             Output::Json => {
                 self.print_changed(pipeline)?;
@@ -133,7 +133,11 @@ impl Reporter {
     }
 
     /// Everything not yet printed, at exit.
-    pub fn finish(&mut self, pipeline: &mut Pipeline, kernel: &KernelCounters) -> std::io::Result<()> {
+    pub fn finish(
+        &mut self,
+        pipeline: &mut Pipeline,
+        kernel: &KernelCounters,
+    ) -> std::io::Result<()> {
         match self.output {
             Output::Json => {
                 self.print_changed(pipeline)?;
@@ -154,7 +158,11 @@ impl Reporter {
         Ok(())
     }
 
-    fn print_summary(&mut self, pipeline: &mut Pipeline, kernel: &KernelCounters) -> std::io::Result<()> {
+    fn print_summary(
+        &mut self,
+        pipeline: &mut Pipeline,
+        kernel: &KernelCounters,
+    ) -> std::io::Result<()> {
         for line in coverage_json(pipeline) {
             writeln!(self.out, "{line}")?;
         }
@@ -175,7 +183,7 @@ pub fn render_table(pipeline: &Pipeline, kernel: &KernelCounters) -> String {
         }
         m
     };
-    let _ = writeln!(
+    let _infallible: std::fmt::Result = writeln!(
         s,
         "{:>7} {:<16} {:<18} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6}  FINDINGS",
         "PID", "COMM", "SERVICE", "OUT", "W3C", "OTHER", "NONE", "UNDET", "COV%", "IN"
@@ -187,14 +195,19 @@ pub fn render_table(pipeline: &Pipeline, kernel: &KernelCounters) -> String {
         let (comm, service) = pipeline
             .processes
             .cached(pid)
-            .map(|i| (i.comm.clone(), i.service_name.clone().unwrap_or_else(|| "-".into())))
+            .map(|i| {
+                (
+                    i.comm.clone(),
+                    i.service_name.clone().unwrap_or_else(|| "-".into()),
+                )
+            })
             .unwrap_or_default();
         let cov = st
             .coverage_percent()
             .map_or_else(|| "-".to_owned(), |c| format!("{c:.0}"));
         let mut f = findings_by_pid.get(&pid).cloned().unwrap_or_default();
         f.sort();
-        let _ = writeln!(
+        let _infallible: std::fmt::Result = writeln!(
             s,
             "{:>7} {:<16} {:<18} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6}  {}",
             pid,
@@ -216,7 +229,7 @@ pub fn render_table(pipeline: &Pipeline, kernel: &KernelCounters) -> String {
         .map(|(n, v)| format!("{n}={v}"))
         .collect();
     let a = &pipeline.counters;
-    let _ = writeln!(
+    let _infallible: std::fmt::Result = writeln!(
         s,
         "\nkernel: {}\nagent: events={} parse_failures={} undetermined={} findings={}",
         kernel_line.join(" "),

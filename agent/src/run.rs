@@ -19,7 +19,10 @@ const SWEEP_EVERY: Duration = Duration::from_secs(5);
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
         log::error!("cannot install signal handlers; stop the agent with SIGKILL");
         return std::future::pending().await;
     };

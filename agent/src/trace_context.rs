@@ -136,10 +136,12 @@ fn hex_into(src: &[u8], dst: &mut [u8]) -> Result<(), TraceParentError> {
 /// Lowercase hex of bytes (trace and span ids).
 pub fn to_hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _infallible = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _infallible = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// The propagation a request carries, as one label (the `propagation` metric attribute).
@@ -229,10 +231,9 @@ mod tests {
         assert_eq!(to_hex(&tp.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(to_hex(&tp.parent_id), "00f067aa0ba902b7");
         assert!(tp.sampled());
-        let unsampled = parse_traceparent(
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
-        )
-        .expect("valid");
+        let unsampled =
+            parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00")
+                .expect("valid");
         assert!(!unsampled.sampled());
     }
 
@@ -240,14 +241,38 @@ mod tests {
     fn invalid_values_are_rejected_with_the_reason() {
         use TraceParentError::*;
         let cases = [
-            ("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01", NotLowerHex),
-            ("00-00000000000000000000000000000000-00f067aa0ba902b7-01", ZeroTraceId),
-            ("00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01", ZeroParentId),
-            ("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", VersionFf),
-            ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x", Length),
-            ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1", Length),
-            ("00_4bf92f3577b34da6a3ce929d0e0e4736_00f067aa0ba902b7_01", Separators),
-            ("0g-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", NotLowerHex),
+            (
+                "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+                NotLowerHex,
+            ),
+            (
+                "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+                ZeroTraceId,
+            ),
+            (
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+                ZeroParentId,
+            ),
+            (
+                "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                VersionFf,
+            ),
+            (
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+                Length,
+            ),
+            (
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",
+                Length,
+            ),
+            (
+                "00_4bf92f3577b34da6a3ce929d0e0e4736_00f067aa0ba902b7_01",
+                Separators,
+            ),
+            (
+                "0g-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                NotLowerHex,
+            ),
             ("", Length),
             ("garbage", Length),
         ];
@@ -258,8 +283,10 @@ mod tests {
 
     #[test]
     fn future_versions_may_carry_more_fields() {
-        let tp = parse_traceparent("cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-the-future")
-            .expect("a higher version parses as far as version 00 defines");
+        let tp = parse_traceparent(
+            "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-the-future",
+        )
+        .expect("a higher version parses as far as version 00 defines");
         assert_eq!(tp.version, 0xcc);
         assert_eq!(
             parse_traceparent("cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x"),
@@ -279,19 +306,32 @@ mod tests {
     #[test]
     fn classification() {
         assert_eq!(headers(&[]).classify(), Propagation::None);
-        assert_eq!(headers(&[(TRACEPARENT, SPEC_EXAMPLE)]).classify(), Propagation::W3c);
-        assert_eq!(headers(&[(TRACEPARENT, "00-zz")]).classify(), Propagation::Malformed);
+        assert_eq!(
+            headers(&[(TRACEPARENT, SPEC_EXAMPLE)]).classify(),
+            Propagation::W3c
+        );
+        assert_eq!(
+            headers(&[(TRACEPARENT, "00-zz")]).classify(),
+            Propagation::Malformed
+        );
         assert_eq!(
             headers(&[(B3, "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1")]).classify(),
             Propagation::B3
         );
-        assert_eq!(headers(&[(B3_TRACE_ID, "80f198ee56343ba8")]).classify(), Propagation::B3);
+        assert_eq!(
+            headers(&[(B3_TRACE_ID, "80f198ee56343ba8")]).classify(),
+            Propagation::B3
+        );
         assert_eq!(
             headers(&[(UBER_TRACE_ID, "5d8b0d7e5e1f6d2c:5d8b0d7e5e1f6d2c:0:1")]).classify(),
             Propagation::Jaeger
         );
         assert_eq!(
-            headers(&[("x-amzn-trace-id", "Root=1-5759e988-bd862e3fe1be46a994272793")]).classify(),
+            headers(&[(
+                "x-amzn-trace-id",
+                "Root=1-5759e988-bd862e3fe1be46a994272793"
+            )])
+            .classify(),
             Propagation::Vendor
         );
         // A malformed traceparent beside valid B3 is still a W3C problem.
@@ -303,10 +343,24 @@ mod tests {
 
     #[test]
     fn only_trace_headers_are_kept() {
-        for name in ["traceparent", "tracestate", "b3", "x-b3-traceid", "uber-trace-id", "x-amzn-trace-id"] {
+        for name in [
+            "traceparent",
+            "tracestate",
+            "b3",
+            "x-b3-traceid",
+            "uber-trace-id",
+            "x-amzn-trace-id",
+        ] {
             assert!(is_trace_header(name), "{name}");
         }
-        for name in ["authorization", "cookie", "set-cookie", "proxy-authorization", "host", "user-agent"] {
+        for name in [
+            "authorization",
+            "cookie",
+            "set-cookie",
+            "proxy-authorization",
+            "host",
+            "user-agent",
+        ] {
             assert!(!is_trace_header(name), "{name}");
         }
     }

@@ -30,14 +30,15 @@ pub fn run(opts: Options) -> Result<()> {
         c.arg("-E").arg(&agent);
         c
     } else {
-        bail!("the agent loads eBPF programs and needs root, and sudo is not installed: run as root");
+        bail!(
+            "the agent loads eBPF programs and needs root, and sudo is not installed: run as root"
+        );
     };
     cmd.args(&opts.agent_args);
     exec(&mut cmd)
 }
 
 fn which(program: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|dir| dir.join(program).is_file())
-    })
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
 }

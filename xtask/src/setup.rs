@@ -89,7 +89,9 @@ pub fn run(mode: Mode) -> Result<()> {
         if !bpf_rustc_ok && !to_install.iter().any(|p| p == "rustc-web") {
             to_install.extend(["rustc-web".to_owned(), "libstd-rust-web-dev-bpf".to_owned()]);
         }
-        eprintln!("setup: apt-get update (rustc-web 1.96 and its BPF core come from bookworm-security)");
+        eprintln!(
+            "setup: apt-get update (rustc-web 1.96 and its BPF core come from bookworm-security)"
+        );
         exec(Command::new("apt-get").args(["update", "-q"]))?;
         eprintln!("setup: apt-get install {}", to_install.join(" "));
         exec(

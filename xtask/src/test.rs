@@ -36,8 +36,13 @@ pub fn run(opts: &Options) -> Result<()> {
     let mut failures = Vec::new();
     if !opts.e2e_only {
         let mut unit = cargo();
-        unit.current_dir(workspace_root())
-            .args(["test", "--release", "--workspace", "--exclude", E2E_PACKAGE]);
+        unit.current_dir(workspace_root()).args([
+            "test",
+            "--release",
+            "--workspace",
+            "--exclude",
+            E2E_PACKAGE,
+        ]);
         build::agent_build_env(&mut unit);
         if let Err(e) = exec(&mut unit) {
             failures.push(format!("unit tests: {e:#}"));
@@ -58,7 +63,11 @@ pub fn run(opts: &Options) -> Result<()> {
     }
 
     if !failures.is_empty() {
-        bail!("{} test suite(s) failed:\n{}", failures.len(), failures.join("\n"));
+        bail!(
+            "{} test suite(s) failed:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
     }
     eprintln!("test: all suites passed");
     Ok(())
