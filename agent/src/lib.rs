@@ -7,6 +7,7 @@ pub mod cli;
 pub mod correlate;
 pub mod findings;
 pub mod http;
+pub mod k8s;
 pub mod pipeline;
 pub mod process;
 pub mod report;
