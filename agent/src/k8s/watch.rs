@@ -149,8 +149,14 @@ impl ApiClient {
     }
 
     /// Streams events from `resource_version` into the index until the server closes the
-    /// stream; returns the last resource version seen, to resume from.
-    async fn watch(&self, index: &PodIndex, resource_version: &str) -> Result<String, K8sError> {
+    /// stream; returns the last resource version seen, to resume from. The backoff is reset once
+    /// the server accepted the watch.
+    async fn watch(
+        &self,
+        index: &PodIndex,
+        resource_version: &str,
+        backoff: &mut Backoff,
+    ) -> Result<String, K8sError> {
         let timeout = self.config.watch_timeout;
         let req = self.request()?.query(&[
             ("watch", "true"),
@@ -159,6 +165,7 @@ impl ApiClient {
             ("timeoutSeconds", &timeout.as_secs().to_string()),
         ]);
         let mut resp = self.send("watch", req).await?;
+        backoff.reset();
         let mut last = resource_version.to_owned();
         let mut lines = LineBuffer::default();
         let idle = timeout + IDLE_SLACK;
@@ -242,7 +249,6 @@ async fn run(client: ApiClient, index: PodIndex) {
             Ok((pods, rv)) => {
                 index.replace_all(&pods);
                 log::info!("k8s: listed {} pods (resource version {rv})", index.len());
-                backoff.reset();
                 rv
             }
             Err(e) => {
@@ -253,14 +259,17 @@ async fn run(client: ApiClient, index: PodIndex) {
             }
         };
         loop {
-            match client.watch(&index, &resource_version).await {
+            match client.watch(&index, &resource_version, &mut backoff).await {
                 // The server's timeoutSeconds: resume at once from where it stopped.
-                Ok(rv) => {
-                    resource_version = rv;
-                    backoff.reset();
-                }
+                Ok(rv) => resource_version = rv,
                 Err(K8sError::Gone) => {
-                    log::info!("k8s: resource version {resource_version} expired, relisting");
+                    // Relist, but not in a tight loop should the server keep answering 410 to
+                    // fresh resource versions: the backoff grows unless a watch got through.
+                    let delay = backoff.next_delay();
+                    log::info!(
+                        "k8s: resource version {resource_version} expired, relisting in {delay:?}"
+                    );
+                    tokio::time::sleep(delay).await;
                     break;
                 }
                 Err(e) => {
