@@ -1,0 +1,325 @@
+//! Wire against spans: per process, the trace contexts it received and sent, and the spans it
+//! exported; the rules `broken_context`, `unexported_span` and `synchronous_export`.
+//!
+//! Time windows, not perfect causality (shared/DESIGN.md): an outbound request is judged
+//! `span_grace` after it was seen, when the spans that explain it should have arrived.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    net::SocketAddr,
+    time::{Duration, SystemTime},
+};
+
+use crate::{findings::FindingKind, trace_context::{to_hex, TraceParent}};
+
+/// How long after a traced request arrived the process may still be handling it.
+pub const HANDLING_WINDOW: Duration = Duration::from_secs(5);
+/// Clock slack between the kernel's timestamps and the SDK's span times.
+const SLACK: Duration = Duration::from_millis(50);
+/// Export requests with one span each, within [`SYNC_WINDOW`], that make `synchronous_export`.
+/// A BatchSpanProcessor (5 s schedule by default) cannot export this often with so few spans.
+pub const SYNC_MIN_EXPORTS: usize = 10;
+pub const SYNC_WINDOW: Duration = Duration::from_secs(10);
+
+// Bounds: every table has one; past it the oldest entries go (counted).
+const MAX_PROCESSES: usize = 4096;
+const MAX_SPANS: usize = 20_000;
+const MAX_INBOUND: usize = 2048;
+const MAX_PENDING: usize = 4096;
+/// Spans and received contexts older than this are forgotten.
+const RETENTION: Duration = Duration::from_secs(300);
+
+/// A span a process exported (what the rules need of it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExportedSpan {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub parent_span_id: Option<[u8; 8]>,
+    pub start: SystemTime,
+    pub end: SystemTime,
+}
+
+/// Where an outbound request went: the finding identity besides kind and pid.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub peer: Option<SocketAddr>,
+    pub method: String,
+    pub path: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraceFinding {
+    pub pid: u32,
+    pub kind: FindingKind,
+    pub target: Target,
+    pub at: SystemTime,
+    pub evidence: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TraceCounters {
+    /// Outbound contexts judged.
+    pub judged: u64,
+    /// Outbound contexts of processes that never exported to this agent: not judged for spans.
+    pub unverifiable: u64,
+    /// Unsampled outbound contexts (flag 00): no span is promised.
+    pub unsampled: u64,
+    /// Spans that arrived after their parent was already called unexported.
+    pub late_spans: u64,
+    pub pending_dropped: u64,
+    pub spans_evicted: u64,
+    /// Outbound contexts still inside their grace window at exit.
+    pub pending_at_exit: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Inbound {
+    at: SystemTime,
+    tp: TraceParent,
+}
+
+#[derive(Clone, Debug)]
+struct Pending {
+    at: SystemTime,
+    due: SystemTime,
+    tp: TraceParent,
+    target: Target,
+}
+
+#[derive(Default)]
+struct ProcessTraces {
+    inbound: VecDeque<Inbound>,
+    /// Trace ids received, with the last time.
+    received: HashMap<[u8; 16], SystemTime>,
+    spans: HashMap<[u8; 8], ExportedSpan>,
+    span_order: VecDeque<([u8; 8], SystemTime)>,
+    /// Traces whose root span this process exported → the root's start.
+    roots: HashMap<[u8; 16], SystemTime>,
+    pending: VecDeque<Pending>,
+    /// (time, span count) of the latest export requests.
+    exports: VecDeque<(SystemTime, usize)>,
+    exported: bool,
+    /// Parent ids already called unexported, to count late arrivals.
+    flagged: HashSet<[u8; 8]>,
+}
+
+#[derive(Default)]
+pub struct TraceState {
+    procs: HashMap<u32, ProcessTraces>,
+    pub counters: TraceCounters,
+}
+
+impl TraceState {
+    fn proc(&mut self, pid: u32) -> &mut ProcessTraces {
+        if !self.procs.contains_key(&pid) && self.procs.len() >= MAX_PROCESSES {
+            // Forget the process with the least to say: no pending contexts, fewest spans.
+            if let Some(victim) = self
+                .procs
+                .iter()
+                .min_by_key(|(_, p)| (p.pending.len(), p.spans.len()))
+                .map(|(pid, _)| *pid)
+            {
+                self.procs.remove(&victim);
+            }
+        }
+        self.procs.entry(pid).or_default()
+    }
+
+    /// A request with a valid `traceparent` arrived at `pid`.
+    pub fn inbound(&mut self, pid: u32, at: SystemTime, tp: TraceParent) {
+        let p = self.proc(pid);
+        if p.inbound.len() >= MAX_INBOUND {
+            p.inbound.pop_front();
+        }
+        p.inbound.push_back(Inbound { at, tp });
+        p.received.insert(tp.trace_id, at);
+    }
+
+    /// `pid` sent a request with a valid `traceparent`; it is judged at `at + grace`.
+    pub fn outbound(&mut self, pid: u32, at: SystemTime, tp: TraceParent, target: Target, grace: Duration) {
+        let p = self.proc(pid);
+        if p.pending.len() >= MAX_PENDING {
+            p.pending.pop_front();
+            self.counters.pending_dropped += 1;
+        }
+        let p = self.proc(pid);
+        p.pending.push_back(Pending {
+            at,
+            due: at + grace,
+            tp,
+            target,
+        });
+    }
+
+    /// One export request of `pid` arrived with these spans. Returns evidence when the
+    /// process's recent exports show one span per export at a sustained rate.
+    pub fn exported(
+        &mut self,
+        pid: u32,
+        received_at: SystemTime,
+        spans: &[ExportedSpan],
+    ) -> Option<BTreeMap<String, String>> {
+        let mut late = 0;
+        let mut evicted = 0;
+        let p = self.proc(pid);
+        p.exported = true;
+        for s in spans {
+            if p.flagged.remove(&s.span_id) {
+                late += 1;
+            }
+            if s.parent_span_id.is_none() {
+                p.roots.insert(s.trace_id, s.start);
+            }
+            if p.spans.insert(s.span_id, *s).is_none() {
+                p.span_order.push_back((s.span_id, received_at));
+            }
+            while p.span_order.len() > MAX_SPANS {
+                if let Some((id, _)) = p.span_order.pop_front() {
+                    p.spans.remove(&id);
+                    evicted += 1;
+                }
+            }
+        }
+        if p.exports.len() >= SYNC_MIN_EXPORTS {
+            p.exports.pop_front();
+        }
+        p.exports.push_back((received_at, spans.len()));
+        let sync = synchronous_export(&p.exports);
+        self.counters.late_spans += late;
+        self.counters.spans_evicted += evicted;
+        sync
+    }
+
+    /// Judges every outbound context whose grace window ended by `now`.
+    pub fn judge_due(&mut self, now: SystemTime) -> Vec<TraceFinding> {
+        let mut out = Vec::new();
+        for (&pid, p) in &mut self.procs {
+            while p.pending.front().is_some_and(|o| o.due <= now) {
+                let Some(o) = p.pending.pop_front() else { break };
+                if !o.tp.sampled() {
+                    self.counters.unsampled += 1;
+                    continue;
+                }
+                if !p.exported {
+                    self.counters.unverifiable += 1;
+                    continue;
+                }
+                self.counters.judged += 1;
+                for (kind, evidence) in judge(p, &o) {
+                    if kind == FindingKind::UnexportedSpan {
+                        p.flagged.insert(o.tp.parent_id);
+                    }
+                    out.push(TraceFinding {
+                        pid,
+                        kind,
+                        target: o.target.clone(),
+                        at: o.at,
+                        evidence,
+                    });
+                }
+            }
+            expire(p, now);
+        }
+        out
+    }
+
+    /// At exit: contexts still in their grace window are uncertain, not findings.
+    pub fn finish(&mut self) {
+        self.counters.pending_at_exit += self.procs.values().map(|p| p.pending.len() as u64).sum::<u64>();
+        for p in self.procs.values_mut() {
+            p.pending.clear();
+        }
+    }
+
+    /// Forgets processes that exited and have nothing left to judge.
+    pub fn retain(&mut self, alive: impl Fn(u32) -> bool) {
+        self.procs.retain(|pid, p| alive(*pid) || !p.pending.is_empty());
+    }
+}
+
+fn expire(p: &mut ProcessTraces, now: SystemTime) {
+    let horizon = now.checked_sub(RETENTION).unwrap_or(SystemTime::UNIX_EPOCH);
+    while p.inbound.front().is_some_and(|i| i.at < horizon) {
+        p.inbound.pop_front();
+    }
+    p.received.retain(|_, at| *at >= horizon);
+    while p.span_order.front().is_some_and(|(_, at)| *at < horizon) {
+        if let Some((id, _)) = p.span_order.pop_front() {
+            p.spans.remove(&id);
+        }
+    }
+    p.roots.retain(|_, start| *start >= horizon);
+    if p.flagged.len() > MAX_PENDING {
+        p.flagged.clear();
+    }
+}
+
+/// The rules for one outbound context, in order. A proxy forwarding the context it received
+/// (outbound == inbound trace and parent) is never judged.
+fn judge(p: &ProcessTraces, o: &Pending) -> Vec<(FindingKind, BTreeMap<String, String>)> {
+    let passthrough = p
+        .inbound
+        .iter()
+        .any(|i| i.tp.trace_id == o.tp.trace_id && i.tp.parent_id == o.tp.parent_id);
+    if passthrough {
+        return Vec::new();
+    }
+    let mut found = Vec::new();
+    if let Some(evidence) = broken_context(p, o) {
+        found.push((FindingKind::BrokenContext, evidence));
+    }
+    if !p.spans.contains_key(&o.tp.parent_id) {
+        let mut ev = BTreeMap::new();
+        ev.insert("trace_id".into(), to_hex(&o.tp.trace_id));
+        ev.insert("parent_id".into(), to_hex(&o.tp.parent_id));
+        ev.insert("spans_exported_by_process".into(), p.spans.len().to_string());
+        found.push((FindingKind::UnexportedSpan, ev));
+    }
+    found
+}
+
+/// `broken_context`: the outbound trace was never received by this process, the process was
+/// handling a traced request when it sent it (one arrived within [`HANDLING_WINDOW`] before),
+/// and the outbound trace is one the process itself started (it exported the root span) after
+/// that request arrived. A process without inbound traced traffic (cron job, worker) is never
+/// flagged, nor one whose new traces started before the request.
+fn broken_context(p: &ProcessTraces, o: &Pending) -> Option<BTreeMap<String, String>> {
+    if p.received.contains_key(&o.tp.trace_id) {
+        return None;
+    }
+    let root_start = *p.roots.get(&o.tp.trace_id)?;
+    let handling = p.inbound.iter().rev().find(|i| {
+        i.at <= o.at + SLACK
+            && o.at.duration_since(i.at).unwrap_or_default() <= HANDLING_WINDOW
+            && root_start + SLACK >= i.at
+            && i.tp.trace_id != o.tp.trace_id
+    })?;
+    let mut ev = BTreeMap::new();
+    ev.insert("received_trace_id".into(), to_hex(&handling.tp.trace_id));
+    ev.insert("sent_trace_id".into(), to_hex(&o.tp.trace_id));
+    ev.insert(
+        "sent_after_received_ms".into(),
+        o.at.duration_since(handling.at).unwrap_or_default().as_millis().to_string(),
+    );
+    Some(ev)
+}
+
+/// The last [`SYNC_MIN_EXPORTS`] export requests each carried one span, within [`SYNC_WINDOW`].
+fn synchronous_export(exports: &VecDeque<(SystemTime, usize)>) -> Option<BTreeMap<String, String>> {
+    if exports.len() < SYNC_MIN_EXPORTS || exports.iter().any(|(_, n)| *n != 1) {
+        return None;
+    }
+    let (first, _) = exports.front()?;
+    let (last, _) = exports.back()?;
+    let span = last.duration_since(*first).unwrap_or_default();
+    (span <= SYNC_WINDOW).then(|| {
+        let mut ev = BTreeMap::new();
+        ev.insert("spans_per_export".into(), "1".into());
+        ev.insert("exports".into(), exports.len().to_string());
+        ev.insert("within_ms".into(), span.as_millis().to_string());
+        ev
+    })
+}
+
+#[cfg(test)]
+mod tests;
