@@ -170,6 +170,7 @@ mod tests {
         KeyValue {
             key: key.into(),
             value: Some(AnyValue { value: Some(value) }),
+            ..KeyValue::default()
         }
     }
 
