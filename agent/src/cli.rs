@@ -45,9 +45,14 @@ pub struct Args {
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub span_grace: Duration,
 
-    /// Shortest interval between two reports of the same finding (JSON and OTLP).
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    /// Shortest interval between two OTLP exports of the same finding (a finding is exported
+    /// when raised, then re-sent with its new count at most this often).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub report_interval: Duration,
+
+    /// OTLP endpoint for findings and metrics (overrides OTEL_EXPORTER_OTLP_ENDPOINT).
+    #[arg(long)]
+    pub otlp_endpoint: Option<String>,
 
     /// Stop after this long (for scripts and benchmarks).
     #[arg(long, value_parser = humantime::parse_duration)]

@@ -13,6 +13,8 @@ use crate::{
 
 /// Ring buffer records handled per wake-up before other work gets a turn.
 const BATCH: usize = 1024;
+/// How often the JSON lines and the table are refreshed.
+const PRINT_EVERY: Duration = Duration::from_secs(1);
 /// How often exited processes are forgotten.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
@@ -49,7 +51,7 @@ pub async fn run(args: Args, shutdown: impl Future<Output = ()>) -> anyhow::Resu
         .context("starting the kernel capture")?;
     let mut pipeline = Pipeline::new();
     let mut reporter = Reporter::new(output, Box::new(std::io::stdout()));
-    let mut report_tick = tokio::time::interval(args.report_interval);
+    let mut report_tick = tokio::time::interval(PRINT_EVERY);
     let mut sweep_tick = tokio::time::interval(SWEEP_EVERY);
     let deadline = async {
         match args.duration {

@@ -60,7 +60,7 @@ impl Agent {
     pub fn start(extra_args: &[&str]) -> Self {
         require_root();
         let mut child = Command::new(agent_bin())
-            .args(["--output", "json", "--report-interval", "200ms"])
+            .args(["--output", "json"])
             .args(extra_args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
