@@ -33,7 +33,11 @@ impl Attributor {
     }
 
     /// The pid owning the client socket `peer` of a connection accepted on `local`.
-    pub(crate) async fn socket_owner(self: &Arc<Self>, peer: SocketAddr, local: SocketAddr) -> Option<u32> {
+    pub(crate) async fn socket_owner(
+        self: &Arc<Self>,
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) -> Option<u32> {
         if let Some(cached) = self.lock().get(&peer) {
             return *cached;
         }
@@ -76,7 +80,11 @@ fn lookup_socket_owner(peer: SocketAddr, local: SocketAddr) -> Option<u32> {
 }
 
 /// The inode of the client end of the connection `peer` → `local`.
-pub(crate) fn client_inode(entries: &[TcpNetEntry], peer: SocketAddr, local: SocketAddr) -> Option<u64> {
+pub(crate) fn client_inode(
+    entries: &[TcpNetEntry],
+    peer: SocketAddr,
+    local: SocketAddr,
+) -> Option<u64> {
     entries
         .iter()
         .find(|e| same_endpoint(e.local_address, peer) && same_endpoint(e.remote_address, local))
@@ -160,23 +168,46 @@ mod tests {
     #[test]
     fn v4_mapped_peer_matches_v4_entry() {
         let mapped = |port| SocketAddr::new(IpAddr::V6(Ipv4Addr::LOCALHOST.to_ipv6_mapped()), port);
-        assert_eq!(client_inode(&parse(TCP), mapped(40000), mapped(4317)), Some(222));
+        assert_eq!(
+            client_inode(&parse(TCP), mapped(40000), mapped(4317)),
+            Some(222)
+        );
         let v6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 40000);
         assert_eq!(client_inode(&parse(TCP), v6, v4(4317)), None);
     }
 
+    #[test]
+    fn tcp6_table_with_v4_mapped_client() {
+        // A client on a dual-stack socket: its entry is in tcp6 as ::ffff:127.0.0.1.
+        let tcp6 = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0000000000000000FFFF00000100007F:9C42 0000000000000000FFFF00000100007F:10DE 01 00000000:00000000 00:00000000 00000000  1000        0 444 1 0000000000000000 20 4 30 10 -1
+   1: 00000000000000000000000001000000:9C43 00000000000000000000000001000000:10DE 01 00000000:00000000 00:00000000 00000000  1000        0 555 1 0000000000000000 20 4 30 10 -1
+";
+        let entries = parse(tcp6);
+        assert_eq!(client_inode(&entries, v4(40002), v4(4318)), Some(444));
+        let v6 = |port| SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port);
+        assert_eq!(client_inode(&entries, v6(40003), v6(4318)), Some(555));
+    }
+
     #[tokio::test]
     async fn finds_own_process_and_forgets() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let server_addr = listener.local_addr().expect("local addr");
-        let client = tokio::net::TcpStream::connect(server_addr).await.expect("connect");
+        let client = tokio::net::TcpStream::connect(server_addr)
+            .await
+            .expect("connect");
         let (_server_end, peer) = listener.accept().await.expect("accept");
         assert_eq!(client.local_addr().expect("client addr"), peer);
 
         let attributor = Arc::new(Attributor::new(2));
         let pid = attributor.socket_owner(peer, server_addr).await;
         assert_eq!(pid, Some(std::process::id()));
-        assert_eq!(attributor.lock().get(&peer), Some(&Some(std::process::id())));
+        assert_eq!(
+            attributor.lock().get(&peer),
+            Some(&Some(std::process::id()))
+        );
         attributor.forget(peer);
         assert!(attributor.lock().is_empty());
         // Unknown connection: cached as unresolved, and the cache stays bounded.

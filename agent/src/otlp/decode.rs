@@ -190,7 +190,10 @@ mod tests {
 
     #[test]
     fn pid_attribute_forms() {
-        assert_eq!(pid_attr(&[kv("process.pid", Value::IntValue(42))]), Some(42));
+        assert_eq!(
+            pid_attr(&[kv("process.pid", Value::IntValue(42))]),
+            Some(42)
+        );
         assert_eq!(
             pid_attr(&[kv("process.pid", Value::StringValue(" 7 ".into()))]),
             Some(7)

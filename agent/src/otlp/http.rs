@@ -43,7 +43,12 @@ pub(crate) async fn run(
             _ = stop_accepting.wait_for(|stopped| *stopped) => None,
         };
         let Some(conn) = conn else { break };
-        open.spawn(serve_conn(Arc::clone(&intake), settings, conn, stop.clone()));
+        open.spawn(serve_conn(
+            Arc::clone(&intake),
+            settings,
+            conn,
+            stop.clone(),
+        ));
         // Reap finished connections so the set does not grow with every connection served.
         while open.try_join_next().is_some() {}
     }
@@ -51,7 +56,12 @@ pub(crate) async fn run(
     while open.join_next().await.is_some() {}
 }
 
-async fn serve_conn(intake: Arc<Intake>, settings: Settings, conn: Conn, mut stop: watch::Receiver<bool>) {
+async fn serve_conn(
+    intake: Arc<Intake>,
+    settings: Settings,
+    conn: Conn,
+    mut stop: watch::Receiver<bool>,
+) {
     let peer = Peer {
         remote: conn.peer,
         local: conn.local,
@@ -106,7 +116,8 @@ async fn handle(
         ReceiverStats::incr(&stats.export_requests);
     }
     let headers = req.headers().clone();
-    let Some(format) = header_str(&headers, header::CONTENT_TYPE).and_then(Format::from_content_type)
+    let Some(format) =
+        header_str(&headers, header::CONTENT_TYPE).and_then(Format::from_content_type)
     else {
         ReceiverStats::incr(&stats.unsupported_media_type);
         return plain(
@@ -122,7 +133,10 @@ async fn handle(
         Some(e) if e.eq_ignore_ascii_case("gzip") => true,
         Some(_) => {
             ReceiverStats::incr(&stats.unsupported_media_type);
-            return plain(StatusCode::UNSUPPORTED_MEDIA_TYPE, "use gzip or no Content-Encoding");
+            return plain(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "use gzip or no Content-Encoding",
+            );
         }
     };
 
@@ -239,19 +253,31 @@ fn status_response(
     };
     let body = match format {
         Format::Protobuf => Bytes::from(rpc.encode_to_vec()),
-        Format::Json => serde_json::to_vec(&rpc).map(Bytes::from).unwrap_or_default(),
+        Format::Json => serde_json::to_vec(&rpc)
+            .map(Bytes::from)
+            .unwrap_or_default(),
     };
     response(status, format.content_type(), body)
 }
 
 fn plain(status: StatusCode, message: &'static str) -> hyper::Response<Full<Bytes>> {
-    response(status, "text/plain; charset=utf-8", Bytes::from_static(message.as_bytes()))
+    response(
+        status,
+        "text/plain; charset=utf-8",
+        Bytes::from_static(message.as_bytes()),
+    )
 }
 
-fn response(status: StatusCode, content_type: &'static str, body: Bytes) -> hyper::Response<Full<Bytes>> {
+fn response(
+    status: StatusCode,
+    content_type: &'static str,
+    body: Bytes,
+) -> hyper::Response<Full<Bytes>> {
     let mut res = hyper::Response::new(Full::new(body));
     *res.status_mut() = status;
-    res.headers_mut()
-        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
     res
 }

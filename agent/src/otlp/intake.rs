@@ -75,7 +75,10 @@ impl Intake {
     ) {
         let received_at = SystemTime::now();
         let resources = decode::resource_batches(req);
-        if resources.iter().all(|r| r.spans.is_empty() && r.invalid == 0) {
+        if resources
+            .iter()
+            .all(|r| r.spans.is_empty() && r.invalid == 0)
+        {
             return;
         }
         let socket_pid = match peer {
@@ -134,7 +137,10 @@ impl Intake {
 
 /// The socket owner wins: `process.pid` is only what the process says about itself, and a
 /// collector or sidecar in between relays other processes' resources.
-pub(crate) fn attribute(socket_pid: Option<u32>, resource_pid: Option<u32>) -> (Option<u32>, Attribution) {
+pub(crate) fn attribute(
+    socket_pid: Option<u32>,
+    resource_pid: Option<u32>,
+) -> (Option<u32>, Attribution) {
     match (socket_pid, resource_pid) {
         (Some(pid), _) => (Some(pid), Attribution::Socket),
         (None, Some(pid)) => (Some(pid), Attribution::ResourceAttribute),

@@ -34,7 +34,11 @@ pub(crate) struct Limits {
 }
 
 impl Limits {
-    pub(crate) fn new(config: &ReceiverConfig, stats: Arc<ReceiverStats>, intake: Arc<Intake>) -> Self {
+    pub(crate) fn new(
+        config: &ReceiverConfig,
+        stats: Arc<ReceiverStats>,
+        intake: Arc<Intake>,
+    ) -> Self {
         Self {
             // Shared by both listeners: the cap protects the agent's memory and fds, not a port.
             connections: Arc::new(Semaphore::new(config.max_connections)),
@@ -88,14 +92,17 @@ pub(crate) fn spawn_accept(
                 ReceiverStats::incr(&limits.stats.connections_rejected);
                 continue; // dropping the stream closes it
             };
-            let Ok(local) = stream.local_addr() else { continue };
+            let Ok(local) = stream.local_addr() else {
+                continue;
+            };
             let limits = limits.clone();
             let tx = tx.clone();
             // Waiting for the first byte happens per connection, so a silent client never
             // delays the accept of the next one.
             tokio::spawn(async move {
                 let mut probe = [0u8; 1];
-                match tokio::time::timeout(limits.first_byte_timeout, stream.peek(&mut probe)).await {
+                match tokio::time::timeout(limits.first_byte_timeout, stream.peek(&mut probe)).await
+                {
                     Ok(Ok(n)) if n > 0 => {}
                     Ok(_) => return, // closed or failed before sending anything
                     Err(_elapsed) => {
@@ -138,7 +145,11 @@ impl AsyncRead for Conn {
 }
 
 impl AsyncWrite for Conn {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 

@@ -271,9 +271,7 @@ pub async fn serve(
         handle.grpc_addr = Some(addr);
         let conns = listener::spawn_accept(l, limits.clone(), stop_rx.clone(), &mut handle.tasks);
         let svc = grpc::GrpcService::new(Arc::clone(&intake));
-        handle
-            .tasks
-            .spawn(grpc::run(svc, conns, stop_rx.clone()));
+        handle.tasks.spawn(grpc::run(svc, conns, stop_rx.clone()));
     }
     if let Some((l, addr)) = http_listener {
         handle.http_addr = Some(addr);
