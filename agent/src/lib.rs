@@ -8,6 +8,7 @@ pub mod correlate;
 pub mod findings;
 pub mod http;
 pub mod k8s;
+pub mod otlp;
 pub mod pipeline;
 pub mod process;
 pub mod report;
