@@ -5,6 +5,7 @@ pub mod capture;
 pub mod cgroup;
 pub mod cli;
 pub mod correlate;
+pub mod export;
 pub mod findings;
 pub mod http;
 pub mod k8s;
