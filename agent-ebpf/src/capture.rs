@@ -43,8 +43,9 @@ const fn prefix<const N: usize>(method: &[u8; N]) -> (u64, u64) {
     (value, mask)
 }
 
-/// HTTP/1.x request methods followed by a space, as little-endian u64 prefixes.
-const METHODS: [(u64, u64); 9] = [
+/// HTTP/1.x request methods followed by a space, and the start of the HTTP/2 client preface
+/// (`PRI * HTTP/2.0`: a gRPC connection, e.g. an OTLP export), as little-endian u64 prefixes.
+const METHODS: [(u64, u64); 10] = [
     prefix(b"GET "),
     prefix(b"POST "),
     prefix(b"PUT "),
@@ -54,6 +55,7 @@ const METHODS: [(u64, u64); 9] = [
     prefix(b"PATCH "),
     prefix(b"CONNECT "),
     prefix(b"TRACE "),
+    prefix(b"PRI * HT"),
 ];
 
 #[inline(always)]

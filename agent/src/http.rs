@@ -9,6 +9,11 @@ use crate::trace_context::{is_trace_header, TraceHeaders};
 /// Headers parsed per request; more is a parse error (counted), never a crash.
 pub const MAX_HEADERS: usize = 128;
 
+/// First bytes of every HTTP/2 connection (RFC 9113, section 3.4).
+pub const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// The OTLP/gRPC port: an HTTP/2 connection to it is a span export.
+pub const OTLP_GRPC_PORT: u16 = 4317;
+
 /// OTLP/HTTP export paths: a process's own telemetry, never judged for propagation.
 pub const OTLP_PATHS: &[&str] = &["/v1/traces", "/v1/metrics", "/v1/logs"];
 

@@ -1,15 +1,22 @@
-//! The agent's state: every captured request flows through here once, in order.
+//! The agent's state: every captured request and every span export flows through here once, in
+//! order, on one task (no locks).
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    net::SocketAddr,
     time::{Duration, SystemTime},
 };
 
 use crate::{
     capture::{CapturedEvent, DecodeError},
-    correlate::{finding_key, judge_outbound, propagation, ProcessStats, Verdict},
-    findings::{Direction, FindingKind, FindingStore, Subject},
-    http::parse_request,
+    correlate::{
+        finding_key, judge_outbound, propagation,
+        traces::{ExportedSpan, Target, TraceState},
+        ProcessStats, Verdict,
+    },
+    findings::{Direction, FindingKey, FindingKind, FindingStore, Subject},
+    http::{parse_request, Request, HTTP2_PREFACE, OTLP_GRPC_PORT},
+    otlp::{ExportBatch, Transport},
     process::{socket_peer, ProcessCache, ProcessInfo},
 };
 
@@ -24,7 +31,27 @@ pub struct AgentCounters {
     /// Requests without context from processes that exited before /proc could be read: whether
     /// they were instrumented is unknown, so they are not judged.
     pub process_unknown: u64,
+    /// OTLP exports seen on the wire (to this agent or elsewhere).
     pub telemetry_exports: u64,
+    /// HTTP/2 connections seen starting (not decoded yet).
+    pub h2_connections: u64,
+    pub export_batches: u64,
+    /// Export batches with no exporting pid (socket and `process.pid` both unknown).
+    pub unattributed_batches: u64,
+}
+
+/// How long a process has to show it is instrumented (export spans) after a request without
+/// context, before the request is called `uninstrumented_client`.
+pub const INSTRUMENTATION_SETTLE: Duration = Duration::from_secs(5);
+/// Requests awaiting that verdict; past it the oldest are settled at once.
+const MAX_PROVISIONAL: usize = 65_536;
+
+struct Provisional {
+    due: SystemTime,
+    key: FindingKey,
+    info: ProcessInfo,
+    evidence: BTreeMap<String, String>,
+    at: SystemTime,
 }
 
 pub struct Pipeline {
@@ -32,26 +59,30 @@ pub struct Pipeline {
     pub stats: HashMap<u32, ProcessStats>,
     pub findings: FindingStore,
     pub counters: AgentCounters,
+    pub traces: TraceState,
     /// Processes seen sending OTLP exports: instrumented even without OTEL_* env.
     exporters: HashSet<u32>,
+    /// `service.name` from each exporting process's resource.
+    exported_service: HashMap<u32, String>,
+    /// Requests without context awaiting the instrumentation verdict of their process.
+    provisional: VecDeque<Provisional>,
+    span_grace: Duration,
     /// Wall clock minus CLOCK_MONOTONIC, to date kernel timestamps.
     boot_offset: Duration,
 }
 
-impl Default for Pipeline {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Pipeline {
-    pub fn new() -> Self {
+    pub fn new(span_grace: Duration) -> Self {
         Self {
             processes: ProcessCache::default(),
             stats: HashMap::new(),
             findings: FindingStore::default(),
             counters: AgentCounters::default(),
+            traces: TraceState::default(),
             exporters: HashSet::new(),
+            exported_service: HashMap::new(),
+            provisional: VecDeque::new(),
+            span_grace,
             boot_offset: boot_offset(),
         }
     }
@@ -66,6 +97,10 @@ impl Pipeline {
                 return;
             }
         };
+        if event.data.starts_with(HTTP2_PREFACE) {
+            self.h2_preface(&event);
+            return;
+        }
         let Ok(req) = parse_request(&event.data) else {
             self.counters.parse_failures += 1;
             return;
@@ -77,10 +112,15 @@ impl Pipeline {
         stats.last_seen = Some(at);
         if event.direction == Direction::Inbound {
             stats.inbound += 1;
+            if !req.is_telemetry() {
+                if let Some(tp) = req.trace.traceparent() {
+                    self.traces.inbound(event.pid, at, tp);
+                }
+            }
             return;
         }
         let instrumented = info.otel_env || self.exporters.contains(&event.pid);
-        let mut verdict = judge_outbound(&req, instrumented);
+        let verdict = judge_outbound(&req, instrumented);
         match &verdict {
             Verdict::Telemetry => {
                 stats.telemetry_exports += 1;
@@ -92,46 +132,185 @@ impl Pipeline {
             Verdict::Clean | Verdict::Finding(..) => {}
         }
         stats.count_outbound(propagation(&req));
-        if info.exited
-            && matches!(
-                verdict,
-                Verdict::Finding(FindingKind::UninstrumentedClient, _)
-            )
-        {
-            // Whether it was instrumented died with it: /proc had nothing left to read.
-            self.counters.process_unknown += 1;
-            verdict = Verdict::Undetermined;
-        }
-        if let Verdict::Finding(kind, evidence) = verdict {
-            let peer = event.peer.or_else(|| {
+        let peer = || {
+            event.peer.or_else(|| {
                 if info.exited {
                     None
                 } else {
                     socket_peer(event.pid, event.fd)
                 }
-            });
-            let key = finding_key(kind, event.pid, Direction::Outbound, peer, &req);
-            self.findings.record(key, &subject(&info), evidence, at);
+            })
+        };
+        if let Some(tp) = req.trace.traceparent() {
+            self.traces
+                .outbound(event.pid, at, tp, target(peer(), &req), self.span_grace);
         }
+        let Verdict::Finding(kind, evidence) = verdict else {
+            return;
+        };
+        let key = finding_key(kind, event.pid, Direction::Outbound, peer(), &req);
+        if kind == FindingKind::UninstrumentedClient {
+            // The process may export spans a moment later (SDKs export after the request):
+            // decide between missing_traceparent and uninstrumented_client once that had time.
+            if self.provisional.len() >= MAX_PROVISIONAL {
+                self.resolve_provisional(|_| true);
+            }
+            self.provisional.push_back(Provisional {
+                due: at + INSTRUMENTATION_SETTLE,
+                key,
+                info,
+                evidence,
+                at,
+            });
+            return;
+        }
+        let subject = self.subject(&info);
+        self.findings.record(key, &subject, evidence, at);
+    }
+
+    /// Settles requests without context from processes not known to be instrumented when they
+    /// were sent: seen exporting since → `missing_traceparent`; exited before /proc could be
+    /// read → not judged (counted); otherwise `uninstrumented_client`.
+    fn resolve_provisional(&mut self, ready: impl Fn(&Provisional) -> bool) {
+        let (now_ready, waiting): (VecDeque<_>, VecDeque<_>) =
+            std::mem::take(&mut self.provisional)
+                .into_iter()
+                .partition(|p| ready(p));
+        self.provisional = waiting;
+        for p in now_ready {
+            let mut key = p.key;
+            if self.exporters.contains(&key.pid) {
+                key.kind = FindingKind::MissingTraceparent;
+            } else if p.info.exited {
+                self.counters.process_unknown += 1;
+                continue;
+            }
+            let subject = self.subject(&p.info);
+            self.findings.record(key, &subject, p.evidence, p.at);
+        }
+    }
+
+    /// A connection starting HTTP/2: to the OTLP/gRPC port it is a span export (the process is
+    /// instrumented); otherwise it is counted until HTTP/2 decoding lands.
+    fn h2_preface(&mut self, event: &CapturedEvent) {
+        if event.direction == Direction::Outbound
+            && event.peer.is_some_and(|p| p.port() == OTLP_GRPC_PORT)
+        {
+            self.counters.telemetry_exports += 1;
+            self.exporters.insert(event.pid);
+            self.stats.entry(event.pid).or_default().telemetry_exports += 1;
+        } else {
+            self.counters.h2_connections += 1;
+        }
+    }
+
+    /// One export request's spans from one process.
+    pub fn handle_export(&mut self, batch: ExportBatch) {
+        self.counters.export_batches += 1;
+        let Some(pid) = batch.pid else {
+            self.counters.unattributed_batches += 1;
+            return;
+        };
+        self.exporters.insert(pid);
+        if let Some(name) = batch.service_name {
+            self.exported_service.insert(pid, name);
+        }
+        let spans: Vec<ExportedSpan> = batch
+            .spans
+            .iter()
+            .map(|s| ExportedSpan {
+                trace_id: s.trace_id,
+                span_id: s.span_id,
+                parent_span_id: s.parent_span_id,
+                start: SystemTime::UNIX_EPOCH + Duration::from_nanos(s.start_unix_nanos),
+                end: SystemTime::UNIX_EPOCH + Duration::from_nanos(s.end_unix_nanos),
+            })
+            .collect();
+        if let Some(evidence) = self.traces.exported(pid, batch.received_at, &spans) {
+            let path = match batch.transport {
+                Transport::Grpc => "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+                Transport::HttpProtobuf | Transport::HttpJson => "/v1/traces",
+            };
+            let key = FindingKey {
+                kind: FindingKind::SynchronousExport,
+                pid,
+                direction: Direction::Outbound,
+                peer: None,
+                method: "POST".into(),
+                path: path.into(),
+            };
+            let info = self.processes.get(pid, "").clone();
+            let subject = self.subject(&info);
+            self.findings
+                .record(key, &subject, evidence, batch.received_at);
+        }
+    }
+
+    /// Judges outbound contexts whose span grace window ended, and settles provisional verdicts.
+    pub fn judge_due(&mut self, now: SystemTime) {
+        self.resolve_provisional(|p| p.due <= now);
+        for f in self.traces.judge_due(now) {
+            let info = self.processes.get(f.pid, "").clone();
+            let subject = self.subject(&info);
+            let key = FindingKey {
+                kind: f.kind,
+                pid: f.pid,
+                direction: Direction::Outbound,
+                peer: f.target.peer,
+                method: f.target.method,
+                path: f.target.path,
+            };
+            self.findings.record(key, &subject, f.evidence, f.at);
+        }
+    }
+
+    /// At exit: what is still waiting for spans is uncertain, not a finding.
+    pub fn finish(&mut self) {
+        self.resolve_provisional(|_| true);
+        self.judge_due(SystemTime::now());
+        self.traces.finish();
     }
 
     /// Forgets processes that exited (their findings stay until reported and evicted).
     pub fn sweep(&mut self) {
+        let alive = |pid: u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
+        // An exited process exports nothing more: settle its requests before forgetting it.
+        self.resolve_provisional(|p| !alive(p.key.pid));
         self.processes.sweep();
-        let alive = |pid: &u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
-        self.exporters.retain(alive);
+        self.exporters.retain(|pid| alive(*pid));
+        self.exported_service.retain(|pid, _| alive(*pid));
+        self.traces.retain(alive);
         if self.stats.len() > crate::process::MAX_PROCESSES {
-            self.stats.retain(|pid, _| alive(pid));
+            self.stats.retain(|pid, _| alive(*pid));
+        }
+    }
+
+    /// The service name: OTEL_* environment first, else the resource of its span exports.
+    pub fn service_name(&self, pid: u32) -> Option<String> {
+        self.processes
+            .cached(pid)
+            .and_then(|i| i.service_name.clone())
+            .or_else(|| self.exported_service.get(&pid).cloned())
+    }
+
+    fn subject(&self, info: &ProcessInfo) -> Subject {
+        Subject {
+            comm: info.comm.clone(),
+            exe: info.exe.clone(),
+            service_name: info
+                .service_name
+                .clone()
+                .or_else(|| self.exported_service.get(&info.pid).cloned()),
+            container_id: info.container_id.clone(),
         }
     }
 }
 
-pub fn subject(info: &ProcessInfo) -> Subject {
-    Subject {
-        comm: info.comm.clone(),
-        exe: info.exe.clone(),
-        service_name: info.service_name.clone(),
-        container_id: info.container_id.clone(),
+fn target(peer: Option<SocketAddr>, req: &Request) -> Target {
+    Target {
+        peer,
+        method: req.method.clone(),
+        path: req.path.clone(),
     }
 }
 

@@ -40,10 +40,13 @@ pub struct ProcessCache {
 }
 
 impl ProcessCache {
-    /// The process behind `pid`; `comm` from the kernel is used when /proc has nothing.
+    /// The process behind `pid`; `comm` from the kernel is used when /proc has nothing. A
+    /// different `comm` than cached means the pid was reused or the process exec'd: read again.
+    /// An empty `comm` (callers without a kernel event) accepts any cached entry.
     pub fn get(&mut self, pid: u32, comm: &str) -> &ProcessInfo {
         let fresh = self.entries.get(&pid).is_some_and(|e| {
-            e.loaded.elapsed() < REFRESH_AFTER && (e.info.comm == comm || e.info.exited)
+            e.loaded.elapsed() < REFRESH_AFTER
+                && (comm.is_empty() || e.info.comm == comm || e.info.exited)
         });
         if !fresh {
             if self.entries.len() >= MAX_PROCESSES {
@@ -109,6 +112,11 @@ fn load(pid: u32, comm: &str) -> ProcessInfo {
         info.exited = true;
         return info;
     };
+    if info.comm.is_empty() {
+        if let Ok(stat) = process.stat() {
+            info.comm = stat.comm;
+        }
+    }
     info.exe = process.exe().ok().map(|p| p.to_string_lossy().into_owned());
     if let Ok(env) = process.environ() {
         let get = |k: &str| {

@@ -53,7 +53,7 @@ pub fn coverage_json(pipeline: &Pipeline) -> Vec<Value> {
             let info = pipeline.processes.cached(pid);
             json!({
                 "kind": "coverage",
-                "service_name": info.and_then(|i| i.service_name.clone()),
+                "service_name": pipeline.service_name(pid),
                 "pid": pid,
                 "comm": info.map(|i| i.comm.clone()),
                 "requests": s.outbound,
@@ -75,6 +75,7 @@ pub fn counters_json(kernel: &KernelCounters, pipeline: &Pipeline) -> Value {
         .map(|(name, v)| ((*name).to_owned(), json!(v)))
         .collect();
     let a = &pipeline.counters;
+    let t = &pipeline.traces.counters;
     json!({
         "kind": "counters",
         "kernel": kernel,
@@ -85,6 +86,18 @@ pub fn counters_json(kernel: &KernelCounters, pipeline: &Pipeline) -> Value {
             "undetermined": a.undetermined,
             "process_unknown": a.process_unknown,
             "telemetry_exports": a.telemetry_exports,
+            "h2_connections": a.h2_connections,
+            "export_batches": a.export_batches,
+            "unattributed_batches": a.unattributed_batches,
+            "traces": {
+                "judged": t.judged,
+                "unverifiable": t.unverifiable,
+                "unsampled": t.unsampled,
+                "late_spans": t.late_spans,
+                "pending_dropped": t.pending_dropped,
+                "spans_evicted": t.spans_evicted,
+                "pending_at_exit": t.pending_at_exit,
+            },
             "findings": pipeline.findings.len(),
             "findings_evicted": pipeline.findings.evicted,
             "processes_exited_before_lookup": pipeline.processes.exited_before_lookup,
@@ -192,16 +205,12 @@ pub fn render_table(pipeline: &Pipeline, kernel: &KernelCounters) -> String {
     pids.sort_unstable();
     for pid in pids {
         let st = pipeline.stats[&pid].clone();
-        let (comm, service) = pipeline
+        let comm = pipeline
             .processes
             .cached(pid)
-            .map(|i| {
-                (
-                    i.comm.clone(),
-                    i.service_name.clone().unwrap_or_else(|| "-".into()),
-                )
-            })
+            .map(|i| i.comm.clone())
             .unwrap_or_default();
+        let service = pipeline.service_name(pid).unwrap_or_else(|| "-".into());
         let cov = st
             .coverage_percent()
             .map_or_else(|| "-".to_owned(), |c| format!("{c:.0}"));

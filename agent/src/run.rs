@@ -2,14 +2,22 @@
 
 use std::{future::Future, io::IsTerminal as _, time::Duration};
 
+use std::sync::Arc;
+
 use anyhow::Context as _;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     capture::Capture,
     cli::{Args, Output},
+    export,
+    otlp::{self, ExportBatch, ReceiverConfig, ReceiverStats},
     pipeline::Pipeline,
     report::Reporter,
 };
+
+/// Export batches waiting for the pipeline; more are dropped and counted by the receiver.
+const EXPORT_QUEUE: usize = 4096;
 
 /// Ring buffer records handled per wake-up before other work gets a turn.
 const BATCH: usize = 1024;
@@ -39,6 +47,7 @@ enum Wake {
     Events(std::io::Result<()>),
     Report,
     Sweep,
+    Export(ExportBatch),
 }
 
 pub async fn run(args: Args, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
@@ -49,7 +58,40 @@ pub async fn run(args: Args, shutdown: impl Future<Output = ()>) -> anyhow::Resu
     });
     let mut capture = Capture::start(args.capture_bytes, args.ring_buffer_bytes)
         .context("starting the kernel capture")?;
-    let mut pipeline = Pipeline::new();
+    let (export_tx, mut export_rx) = mpsc::channel(EXPORT_QUEUE);
+    let receiver_stats = Arc::new(ReceiverStats::default());
+    let (stop_receiver, receiver_stopped) = oneshot::channel::<()>();
+    let receiver_config = ReceiverConfig {
+        grpc_listen: args.otlp_grpc_listen,
+        http_listen: args.otlp_http_listen,
+        forward_to: args.forward_to.clone(),
+        ..ReceiverConfig::default()
+    };
+    let receiver = otlp::serve(
+        receiver_config,
+        export_tx,
+        Arc::clone(&receiver_stats),
+        async {
+            let _stopped: Result<(), _> = receiver_stopped.await;
+        },
+    )
+    .await
+    .context("starting the OTLP receiver")?;
+    log::info!(
+        "OTLP receiver: grpc={} http={}",
+        receiver
+            .grpc_addr()
+            .map_or_else(|| "off".to_owned(), |a| a.to_string()),
+        receiver
+            .http_addr()
+            .map_or_else(|| "off".to_owned(), |a| a.to_string()),
+    );
+    let mut pipeline = Pipeline::new(args.span_grace);
+    // Before the first tick: a bad OTEL_EXPORTER_OTLP_* setting stops the agent at startup.
+    let mut exporter =
+        export::FindingsExporter::from_env(args.otlp_endpoint.as_deref(), args.report_interval)
+            .context("configuring the OTLP export of findings")?;
+    let mut ring_lag_ms = 0;
     let mut reporter = Reporter::new(output, Box::new(std::io::stdout()));
     let mut report_tick = tokio::time::interval(PRINT_EVERY);
     let mut sweep_tick = tokio::time::interval(SWEEP_EVERY);
@@ -75,18 +117,34 @@ pub async fn run(args: Args, shutdown: impl Future<Output = ()>) -> anyhow::Resu
             r = capture.next_batch(BATCH, &mut batch) => Wake::Events(r),
             _ = report_tick.tick() => Wake::Report,
             _ = sweep_tick.tick() => Wake::Sweep,
+            Some(batch) = export_rx.recv() => Wake::Export(batch),
         };
         match wake {
             Wake::Shutdown => break,
             Wake::Events(r) => {
                 r.context("reading the ring buffer")?;
+                if let Some(Ok(last)) = batch.last() {
+                    ring_lag_ms = export::ring_lag_ms(last.monotonic_ns);
+                }
                 for event in batch.drain(..) {
                     pipeline.handle(event);
                 }
             }
+            Wake::Export(batch) => pipeline.handle_export(batch),
             Wake::Report => {
+                pipeline.judge_due(std::time::SystemTime::now());
                 capture.flush_logs();
                 let kernel = capture.counters();
+                if let Some(x) = &mut exporter {
+                    // Before the reporter: the store is read, not drained.
+                    x.findings_from(&pipeline.findings, |_| Vec::new());
+                    x.metrics(&export::snapshot(
+                        &pipeline,
+                        &kernel,
+                        Some(&receiver_stats),
+                        ring_lag_ms,
+                    ));
+                }
                 if let Err(e) = reporter.tick(&mut pipeline, &kernel) {
                     log::warn!("writing the report failed: {e}");
                 }
@@ -95,11 +153,17 @@ pub async fn run(args: Args, shutdown: impl Future<Output = ()>) -> anyhow::Resu
         }
     }
 
-    // Whatever the kernel captured before the signal is still reported.
+    // Whatever the kernel captured and the receiver accepted before the signal is reported.
     capture.drain_now(&mut batch);
     for event in batch.drain(..) {
         pipeline.handle(event);
     }
+    let _receiver_gone: Result<(), _> = stop_receiver.send(());
+    receiver.wait().await;
+    while let Ok(export) = export_rx.try_recv() {
+        pipeline.handle_export(export);
+    }
+    pipeline.finish();
     let kernel = capture.counters();
     let attached = capture.attached();
     drop(capture);
@@ -107,5 +171,16 @@ pub async fn run(args: Args, shutdown: impl Future<Output = ()>) -> anyhow::Resu
     reporter
         .finish(&mut pipeline, &kernel)
         .context("writing the final report")?;
+    // After the local report, which must not wait for a slow backend (bounded: 5 s).
+    if let Some(mut x) = exporter {
+        x.findings_from(&pipeline.findings, |_| Vec::new());
+        x.metrics(&export::snapshot(
+            &pipeline,
+            &kernel,
+            Some(&receiver_stats),
+            ring_lag_ms,
+        ));
+        x.shutdown().await;
+    }
     Ok(())
 }

@@ -16,6 +16,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod otlp_sink;
+
 /// A valid W3C traceparent (the spec's example).
 pub const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
@@ -58,11 +60,18 @@ impl Agent {
     /// Starts the agent and waits until its programs are attached.
     #[track_caller]
     pub fn start(extra_args: &[&str]) -> Self {
+        Self::start_with_env(extra_args, &[])
+    }
+
+    /// [`Agent::start`] with extra environment variables (e.g. `OTEL_EXPORTER_OTLP_*`).
+    #[track_caller]
+    pub fn start_with_env(extra_args: &[&str], env: &[(&str, &str)]) -> Self {
         require_root();
         let mut child = Command::new(agent_bin())
             .args(["--output", "json"])
             .args(extra_args)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -382,4 +391,69 @@ pub fn last_counters(lines: &[Value]) -> &Value {
         .rev()
         .find(|l| l["kind"] == "counters")
         .expect("the agent printed a counters line")
+}
+
+impl Agent {
+    /// The address the agent's OTLP/HTTP receiver bound (from its log line).
+    #[track_caller]
+    pub fn otlp_http_addr(&self) -> SocketAddr {
+        self.receiver_addr("http=")
+    }
+
+    #[track_caller]
+    pub fn otlp_grpc_addr(&self) -> SocketAddr {
+        self.receiver_addr("grpc=")
+    }
+
+    #[track_caller]
+    fn receiver_addr(&self, key: &str) -> SocketAddr {
+        let started = Instant::now();
+        loop {
+            let stderr = self.stderr();
+            let found = stderr
+                .lines()
+                .filter(|l| l.contains("OTLP receiver:"))
+                .flat_map(str::split_whitespace)
+                .find_map(|w| w.strip_prefix(key)?.parse().ok());
+            if let Some(addr) = found {
+                return addr;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the agent did not log its OTLP receiver address ({key}):\n{stderr}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The Python application instrumented with the OpenTelemetry SDK (tests/fixtures/otel_app.py),
+/// exporting to `otlp_http` as `service`.
+pub fn python_app(otlp_http: SocketAddr, service: &str, args: &[&str]) -> Command {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/otel_app.py");
+    let mut cmd = Command::new("python3");
+    cmd.arg(script)
+        .args(args)
+        .env("FIXTURE_OTLP_ENDPOINT", format!("http://{otlp_http}"))
+        .env("FIXTURE_SERVICE", service)
+        .env_remove("OTEL_SERVICE_NAME")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
+    cmd
+}
+
+/// Starts a fixture server and returns it with the port it printed ("listening PORT").
+#[track_caller]
+pub fn start_server(cmd: &mut Command) -> (ChildGuard, u16) {
+    let mut child = ChildGuard::spawn(cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()));
+    let stdout = child.0.stdout.take().expect("piped stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read the fixture's first line");
+    let port = line
+        .trim()
+        .strip_prefix("listening ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("fixture server printed {line:?}, not \"listening PORT\""));
+    (child, port)
 }
