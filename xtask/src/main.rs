@@ -1,5 +1,6 @@
 //! Developer tasks: `cargo xtask setup|build|run|test|bench`.
 
+mod bench;
 mod build;
 mod exec;
 mod run;
@@ -25,6 +26,9 @@ enum Command {
     Run(run::Options),
     /// Set up if needed, build, and run all tests, including the root end-to-end tests.
     Test(test::Options),
+    /// Measure what the agent costs (nginx/wrk load, syscall loops, capacity, churn) against an
+    /// interleaved baseline; writes target/bench/results.{json,md}. Needs root.
+    Bench(bench::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -33,5 +37,6 @@ fn main() -> anyhow::Result<()> {
         Command::Build(opts) => build::run(&opts).map(|_| ()),
         Command::Run(opts) => run::run(opts),
         Command::Test(opts) => test::run(&opts),
+        Command::Bench(opts) => bench::run(&opts),
     }
 }

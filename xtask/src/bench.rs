@@ -1,0 +1,240 @@
+//! `cargo xtask bench`: what the agent costs, measured against a baseline in the same run.
+//!
+//! The machines are noisy (2 cores, other builds), so every figure is a ratio or a delta
+//! against runs without the agent, interleaved round by round, and the median over rounds is
+//! reported. Loopback only. Writes `target/bench/results.json` and `target/bench/results.md`.
+
+mod capacity;
+mod http;
+mod kernel;
+mod procs;
+mod report;
+mod stats;
+
+use std::{path::PathBuf, process::Command, time::Instant};
+
+use anyhow::{bail, Context as _, Result};
+use serde_json::json;
+
+use crate::{
+    build,
+    exec::{cargo, exec, is_root, workspace_root},
+    setup,
+};
+
+/// Debian packages the benchmark drives. wrk measures saturation; Debian has no wrk2, vegeta
+/// or oha, and hey's `-q` limits each worker in a closed loop (a slow response delays the
+/// next request and hides the latency), so the fixed-rate load is our own open-loop
+/// generator (`tracegap-bench http-load`).
+const APT_PACKAGES: &[&str] = &["nginx-light", "wrk"];
+const BENCH_PACKAGE: &str = "tracegap-bench";
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// About 1.5 minutes: fewer rounds, shorter phases, 20k/2k churn.
+    #[arg(long, conflicts_with = "smoke")]
+    pub quick: bool,
+    /// A few seconds, for the tests: proves the bench runs; the numbers mean nothing.
+    #[arg(long)]
+    pub smoke: bool,
+    /// Use the agent binary already built (skip setup and build).
+    #[arg(long)]
+    pub no_build: bool,
+}
+
+/// How much of everything a mode does.
+pub struct Plan {
+    name: &'static str,
+    rounds: usize,
+    http_secs: f64,
+    fixed_rate: u32,
+    syscall_loop_count: u64,
+    capture_loop_count: u64,
+    flood_rates: Vec<u64>,
+    flood_secs: f64,
+    churn_connections: u32,
+    churn_processes: u32,
+}
+
+impl Plan {
+    fn new(opts: &Options) -> Self {
+        if opts.smoke {
+            Self {
+                name: "smoke",
+                rounds: 1,
+                http_secs: 1.0,
+                fixed_rate: 1000,
+                syscall_loop_count: 20_000,
+                capture_loop_count: 5_000,
+                flood_rates: vec![10_000],
+                flood_secs: 0.5,
+                churn_connections: 200,
+                churn_processes: 20,
+            }
+        } else if opts.quick {
+            Self {
+                name: "quick",
+                rounds: 3,
+                http_secs: 3.0,
+                fixed_rate: 10_000,
+                syscall_loop_count: 300_000,
+                capture_loop_count: 50_000,
+                // 0: as fast as the sender can.
+                flood_rates: vec![50_000, 100_000, 0],
+                flood_secs: 2.0,
+                churn_connections: 20_000,
+                churn_processes: 2_000,
+            }
+        } else {
+            Self {
+                name: "full",
+                rounds: 5,
+                http_secs: 8.0,
+                fixed_rate: 10_000,
+                syscall_loop_count: 1_000_000,
+                capture_loop_count: 200_000,
+                flood_rates: vec![25_000, 50_000, 100_000, 150_000, 200_000, 0],
+                flood_secs: 4.0,
+                churn_connections: 100_000,
+                churn_processes: 10_000,
+            }
+        }
+    }
+}
+
+/// What every section needs.
+pub struct Ctx {
+    agent_bin: PathBuf,
+    bench_bin: PathBuf,
+    /// target/bench: results and the agent's output of each run.
+    dir: PathBuf,
+    plan: Plan,
+}
+
+pub fn run(opts: &Options) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "the benchmark loads eBPF programs, installs packages and sets kernel.bpf_stats_enabled: \
+             run `sudo -E cargo xtask bench`, or run as root"
+        );
+    }
+    let started = Instant::now();
+    let agent_bin = if opts.no_build {
+        build::agent_binary(false)
+    } else {
+        setup::run(setup::Mode::Quiet)?;
+        build::run(&build::Options::default())?
+    };
+    install_packages()?;
+    let bench_bin = build_workloads()?;
+    let target = agent_bin
+        .parent()
+        .and_then(std::path::Path::parent)
+        .context("agent binary has no target dir")?
+        .to_path_buf();
+    let dir = target.join("bench");
+    std::fs::create_dir_all(&dir)?;
+    let ctx = Ctx {
+        agent_bin,
+        bench_bin,
+        dir,
+        plan: Plan::new(opts),
+    };
+    eprintln!("bench: {} mode, {} rounds", ctx.plan.name, ctx.plan.rounds);
+
+    let nginx = procs::Nginx::start(&ctx.dir)?;
+    eprintln!("bench: 1-2/5 HTTP overhead (nginx at {})", nginx.addr);
+    let http = http::run(&ctx, &nginx)?;
+    eprintln!("bench: 3/5 in-kernel cost per syscall");
+    let kernel = kernel::run(&ctx)?;
+    eprintln!("bench: 4/5 ring buffer capacity");
+    let capacity = capacity::capacity(&ctx)?;
+    eprintln!("bench: 5/5 memory under churn");
+    let churn = capacity::churn(&ctx, &nginx)?;
+    drop(nginx);
+
+    let command = match ctx.plan.name {
+        "full" => "cargo xtask bench".to_owned(),
+        other => format!("cargo xtask bench --{other}"),
+    };
+    let mut results = json!({
+        "mode": ctx.plan.name,
+        "command": command,
+        "rounds": ctx.plan.rounds,
+        "date": command_output(Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])),
+        "host": {
+            "kernel": command_output(Command::new("uname").arg("-r")),
+            "cpus": std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
+            "loadavg": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
+        },
+        "http": http,
+        "kernel": kernel,
+        "capacity": capacity,
+        "churn": churn,
+    });
+    results["duration_s"] = json!(started.elapsed().as_secs_f64());
+    results["targets"] = report::targets_json(&results);
+    let md = report::markdown(&results, &command);
+    let json_path = ctx.dir.join("results.json");
+    std::fs::write(&json_path, serde_json::to_string_pretty(&results)?)?;
+    std::fs::write(ctx.dir.join("results.md"), &md)?;
+    eprintln!("{md}");
+    eprintln!(
+        "bench: wrote {} and results.md in {:.0} s",
+        json_path.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn command_output(cmd: &mut Command) -> String {
+    cmd.output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Installs nginx and wrk when missing (like setup: check first, act only when needed).
+fn install_packages() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Command::new("dpkg-query")
+                .args(["-W", "-f=${db:Status-Abbrev}"])
+                .arg(p)
+                .output()
+                .is_ok_and(|o| o.stdout.starts_with(b"ii"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("bench: apt-get install {}", missing.join(" "));
+    exec(Command::new("apt-get").args(["update", "-q"]))?;
+    exec(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    // Debian starts the packaged nginx on port 80; the benchmark runs its own instance.
+    let _stopped: std::io::Result<std::process::ExitStatus> = Command::new("systemctl")
+        .args(["disable", "--now", "nginx"])
+        .status();
+    Ok(())
+}
+
+/// Builds the workload generators (benches/) in release mode; returns the binary.
+fn build_workloads() -> Result<PathBuf> {
+    exec(cargo().current_dir(workspace_root()).args([
+        "build",
+        "--release",
+        "--package",
+        BENCH_PACKAGE,
+    ]))?;
+    let bin = build::agent_binary(false).with_file_name(BENCH_PACKAGE);
+    if !bin.is_file() {
+        bail!("{} was not built", bin.display());
+    }
+    Ok(bin)
+}

@@ -1,0 +1,242 @@
+//! Targets from issue 6, and the markdown table. A benchmark reports; it never fails on a
+//! missed target.
+
+use std::fmt::Write as _;
+
+use serde_json::{json, Value};
+
+struct Row {
+    metric: String,
+    value: Option<f64>,
+    unit: &'static str,
+    /// Text of the target, and whether the value meets it (`None`: informational).
+    target: &'static str,
+    met: Option<bool>,
+}
+
+fn num(v: &Value) -> Option<f64> {
+    v.as_f64()
+}
+
+fn rows(r: &Value) -> Vec<Row> {
+    let h = &r["http"];
+    let k = &r["kernel"]["kinds"];
+    let c = &r["capacity"];
+    let ch = &r["churn"];
+    let mut rows = Vec::new();
+    let mut push = |metric: String, value: Option<f64>, unit, target, met: Option<bool>| {
+        rows.push(Row {
+            metric,
+            value,
+            unit,
+            target,
+            met,
+        });
+    };
+    let loss = |ratio: Option<f64>| ratio.map(|x| (1.0 - x) * 100.0);
+    let fixed_loss = loss(num(&h["fixed_rps_ratio"]));
+    push(
+        format!("throughput loss at {} req/s", h["fixed_rate"]),
+        fixed_loss,
+        "%",
+        "≤ 1",
+        fixed_loss.map(|x| x <= 1.0),
+    );
+    let sat_loss = loss(num(&h["sat_rps_ratio"]));
+    push(
+        "throughput loss at saturation (wrk)".into(),
+        sat_loss,
+        "%",
+        "≤ 3",
+        sat_loss.map(|x| x <= 3.0),
+    );
+    push(
+        "saturation throughput, agent off".into(),
+        num(&h["sat_rps_off"]),
+        "req/s",
+        "",
+        None,
+    );
+    push(
+        "Δp50 latency at fixed rate".into(),
+        num(&h["fixed_p50_delta_us"]),
+        "µs",
+        "",
+        None,
+    );
+    let p99 = num(&h["fixed_p99_delta_us"]);
+    push(
+        "Δp99 latency at fixed rate".into(),
+        p99,
+        "µs",
+        "≤ 50",
+        p99.map(|x| x <= 50.0),
+    );
+    push(
+        "Δp50 latency at saturation".into(),
+        num(&h["sat_p50_delta_us"]),
+        "µs",
+        "",
+        None,
+    );
+    let p99s = num(&h["sat_p99_delta_us"]);
+    push(
+        "Δp99 latency at saturation".into(),
+        p99s,
+        "µs",
+        "≤ 50",
+        p99s.map(|x| x <= 50.0),
+    );
+    let cpu = num(&h["agent_cpu_m_per_10k_fixed"]);
+    push(
+        "agent CPU per 10k req/s (fixed rate)".into(),
+        cpu,
+        "m",
+        "≤ 50",
+        cpu.map(|x| x <= 50.0),
+    );
+    push(
+        "agent CPU per 10k req/s (saturation)".into(),
+        num(&h["agent_cpu_m_per_10k_sat"]),
+        "m",
+        "",
+        None,
+    );
+    push(
+        "agent events/s processed under HTTP load".into(),
+        num(&h["agent_events_per_s"]),
+        "events/s",
+        "",
+        None,
+    );
+    for (kind, v) in k.as_object().into_iter().flatten() {
+        let captured = v["captured"].as_bool().unwrap_or(false);
+        let added = num(&v["ns_added"]);
+        let (target, limit) = if captured {
+            ("≤ 300", 300.0)
+        } else {
+            ("≤ 60", 60.0)
+        };
+        push(
+            format!("ns added per `{kind}` syscall"),
+            added,
+            "ns",
+            target,
+            added.map(|x| x <= limit),
+        );
+        let bpf = num(&v["bpf_ns_total"]);
+        push(
+            format!("BPF run time per `{kind}` (bpf_stats)"),
+            bpf,
+            "ns",
+            target,
+            bpf.map(|x| x <= limit),
+        );
+    }
+    push(
+        "max captured req/s with zero ring buffer drops".into(),
+        num(&c["max_zero_drop_rps"]),
+        "req/s",
+        "",
+        None,
+    );
+    let z = c["zero_drops_at_100k"].as_bool();
+    push(
+        "zero drops at 100k captured req/s".into(),
+        z.map(|b| if b { 1.0 } else { 0.0 }),
+        "yes=1",
+        "= 1",
+        z,
+    );
+    let residual = c["steps"].as_array().map(|steps| {
+        steps
+            .iter()
+            .map(|s| s["residual_pid"].as_i64().unwrap_or(0).unsigned_abs())
+            .max()
+            .unwrap_or(0)
+    });
+    #[expect(clippy::cast_precision_loss, reason = "small counts")]
+    let residual_f = residual.map(|r| r as f64);
+    push(
+        "max |sent − captured − dropped| per step".into(),
+        residual_f,
+        "requests",
+        "= 0",
+        residual.map(|r| r == 0),
+    );
+    let hwm = [num(&h["agent_vm_hwm_mib"]), num(&ch["vm_hwm_mib"])]
+        .into_iter()
+        .flatten()
+        .reduce(f64::max);
+    push(
+        "agent peak RSS (VmHWM)".into(),
+        hwm,
+        "MiB",
+        "≤ 48",
+        hwm.map(|x| x <= 48.0),
+    );
+    push(
+        format!("agent RSS after {} connections", ch["connections"]),
+        num(&ch["rss_after_connections_mib"]),
+        "MiB",
+        "≤ 48",
+        num(&ch["rss_after_connections_mib"]).map(|x| x <= 48.0),
+    );
+    push(
+        format!("agent RSS after {} processes", ch["processes"]),
+        num(&ch["rss_after_processes_mib"]),
+        "MiB",
+        "≤ 48",
+        num(&ch["rss_after_processes_mib"]).map(|x| x <= 48.0),
+    );
+    rows
+}
+
+/// The targets as JSON rows (for results.json).
+pub fn targets_json(results: &Value) -> Value {
+    Value::Array(
+        rows(results)
+            .into_iter()
+            .map(|r| json!({"metric": r.metric, "value": r.value, "unit": r.unit, "target": r.target, "met": r.met}))
+            .collect(),
+    )
+}
+
+pub fn markdown(results: &Value, command: &str) -> String {
+    let mut md = String::new();
+    let _infallible = writeln!(
+        md,
+        "Produced by `{command}` ({} mode, {} rounds interleaved off/on, medians; {} in {:.0} s; kernel {}, {} CPUs).\n",
+        results["mode"].as_str().unwrap_or("?"),
+        results["rounds"],
+        results["date"].as_str().unwrap_or("?"),
+        results["duration_s"].as_f64().unwrap_or(0.0),
+        results["host"]["kernel"].as_str().unwrap_or("?"),
+        results["host"]["cpus"],
+    );
+    md.push_str("| metric | value | target | met? |\n|---|---:|---|---|\n");
+    for r in rows(results) {
+        let value = r.value.map_or_else(
+            || "n/a".to_owned(),
+            |v| {
+                if v.abs() >= 100.0 {
+                    format!("{v:.0} {}", r.unit)
+                } else {
+                    format!("{v:.1} {}", r.unit)
+                }
+            },
+        );
+        let met = match r.met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "",
+        };
+        let target = if r.target.is_empty() {
+            String::new()
+        } else {
+            format!("{} {}", r.target, r.unit)
+        };
+        let _infallible = writeln!(md, "| {} | {value} | {target} | {met} |", r.metric);
+    }
+    md
+}
