@@ -51,11 +51,14 @@ pub enum CaptureError {
     NotRoot,
     #[error("mounting tracefs at {TRACEFS} failed (the kernel needs CONFIG_FTRACE)")]
     Tracefs(#[source] std::io::Error),
-    #[error("loading the eBPF object failed")]
+    #[error("loading the eBPF object failed (creating maps needs CAP_BPF)")]
     Load(#[source] aya::EbpfError),
     #[error("program {0} is missing from the eBPF object")]
     MissingProgram(&'static str),
-    #[error("program {name} failed to load or attach to syscalls/{tracepoint}")]
+    #[error(
+        "program {name} failed to load or attach to syscalls/{tracepoint} (tracing programs need \
+         CAP_BPF and CAP_PERFMON)"
+    )]
     Attach {
         name: &'static str,
         tracepoint: &'static str,

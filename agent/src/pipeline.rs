@@ -17,7 +17,7 @@ use crate::{
     findings::{Direction, FindingKey, FindingKind, FindingStore, Subject},
     http::{parse_request, Request, HTTP2_PREFACE, OTLP_GRPC_PORT},
     otlp::{ExportBatch, Transport},
-    process::{socket_peer, ProcessCache, ProcessInfo},
+    process::{PeerCache, ProcessCache, ProcessInfo},
 };
 
 /// Counts of what the agent itself skipped or could not read.
@@ -28,8 +28,9 @@ pub struct AgentCounters {
     /// Captures that started with a method but were not HTTP (binary data, garbage).
     pub parse_failures: u64,
     pub undetermined: u64,
-    /// Requests without context from processes that exited before /proc could be read: whether
-    /// they were instrumented is unknown, so they are not judged.
+    /// Requests without context from processes whose environment could not be read (exited
+    /// first, or /proc not readable): whether they were instrumented is unknown, so they are not
+    /// judged.
     pub process_unknown: u64,
     /// OTLP exports seen on the wire (to this agent or elsewhere).
     pub telemetry_exports: u64,
@@ -56,6 +57,7 @@ struct Provisional {
 
 pub struct Pipeline {
     pub processes: ProcessCache,
+    pub peers: PeerCache,
     pub stats: HashMap<u32, ProcessStats>,
     pub findings: FindingStore,
     pub counters: AgentCounters,
@@ -75,6 +77,7 @@ impl Pipeline {
     pub fn new(span_grace: Duration) -> Self {
         Self {
             processes: ProcessCache::default(),
+            peers: PeerCache::default(),
             stats: HashMap::new(),
             findings: FindingStore::default(),
             counters: AgentCounters::default(),
@@ -132,23 +135,19 @@ impl Pipeline {
             Verdict::Clean | Verdict::Finding(..) => {}
         }
         stats.count_outbound(propagation(&req));
-        let peer = || {
-            event.peer.or_else(|| {
-                if info.exited {
-                    None
-                } else {
-                    socket_peer(event.pid, event.fd)
-                }
-            })
+        let peer = match event.peer {
+            Some(peer) => Some(peer),
+            None if info.exited => None,
+            None => self.peers.get(event.pid, event.fd),
         };
         if let Some(tp) = req.trace.traceparent() {
             self.traces
-                .outbound(event.pid, at, tp, target(peer(), &req), self.span_grace);
+                .outbound(event.pid, at, tp, target(peer, &req), self.span_grace);
         }
         let Verdict::Finding(kind, evidence) = verdict else {
             return;
         };
-        let key = finding_key(kind, event.pid, Direction::Outbound, peer(), &req);
+        let key = finding_key(kind, event.pid, Direction::Outbound, peer, &req);
         if kind == FindingKind::UninstrumentedClient {
             // The process may export spans a moment later (SDKs export after the request):
             // decide between missing_traceparent and uninstrumented_client once that had time.
@@ -169,8 +168,8 @@ impl Pipeline {
     }
 
     /// Settles requests without context from processes not known to be instrumented when they
-    /// were sent: seen exporting since → `missing_traceparent`; exited before /proc could be
-    /// read → not judged (counted); otherwise `uninstrumented_client`.
+    /// were sent: seen exporting since → `missing_traceparent`; environment unreadable (exited
+    /// first, or no permission) → not judged (counted); otherwise `uninstrumented_client`.
     fn resolve_provisional(&mut self, ready: impl Fn(&Provisional) -> bool) {
         let (now_ready, waiting): (VecDeque<_>, VecDeque<_>) =
             std::mem::take(&mut self.provisional)
@@ -181,7 +180,7 @@ impl Pipeline {
             let mut key = p.key;
             if self.exporters.contains(&key.pid) {
                 key.kind = FindingKind::MissingTraceparent;
-            } else if p.info.exited {
+            } else if p.info.exited || !p.info.environ_readable {
                 self.counters.process_unknown += 1;
                 continue;
             }

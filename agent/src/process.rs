@@ -26,12 +26,21 @@ pub struct ProcessInfo {
     pub container_id: Option<String>,
     /// /proc had no entry when we looked: the process exited first. Only the kernel's comm is known.
     pub exited: bool,
+    /// Its environment could be read: `otel_env` is a fact, not a guess. Without CAP_SYS_PTRACE
+    /// and CAP_DAC_READ_SEARCH, other users' environments are unreadable.
+    pub environ_readable: bool,
 }
 
 struct Entry {
     info: ProcessInfo,
     loaded: Instant,
+    /// Thread names the kernel reported for this pid (bpf_get_current_comm names the thread):
+    /// a name not seen before may mean the pid was reused or the process exec'd.
+    thread_comms: Vec<String>,
 }
+
+/// Thread names remembered per process; past it only the age of the entry counts.
+const MAX_THREAD_COMMS: usize = 8;
 
 #[derive(Default)]
 pub struct ProcessCache {
@@ -40,27 +49,40 @@ pub struct ProcessCache {
 }
 
 impl ProcessCache {
-    /// The process behind `pid`; `comm` from the kernel is used when /proc has nothing. A
-    /// different `comm` than cached means the pid was reused or the process exec'd: read again.
-    /// An empty `comm` (callers without a kernel event) accepts any cached entry.
-    pub fn get(&mut self, pid: u32, comm: &str) -> &ProcessInfo {
+    /// The process behind `pid`. `thread_comm` is the kernel's name of the thread that made the
+    /// syscall, used when /proc has nothing; an empty one (callers without a kernel event)
+    /// accepts any cached entry.
+    pub fn get(&mut self, pid: u32, thread_comm: &str) -> &ProcessInfo {
         let fresh = self.entries.get(&pid).is_some_and(|e| {
             e.loaded.elapsed() < REFRESH_AFTER
-                && (comm.is_empty() || e.info.comm == comm || e.info.exited)
+                && (thread_comm.is_empty()
+                    || e.info.exited
+                    || e.thread_comms.len() >= MAX_THREAD_COMMS
+                    || e.thread_comms.iter().any(|c| c == thread_comm))
         });
         if !fresh {
             if self.entries.len() >= MAX_PROCESSES {
                 self.evict_oldest();
             }
-            let info = load(pid, comm);
+            let info = load(pid, thread_comm);
             if info.exited {
                 self.exited_before_lookup += 1;
+            }
+            let mut thread_comms = self
+                .entries
+                .remove(&pid)
+                .filter(|e| e.info.exe == info.exe && !info.exited)
+                .map(|e| e.thread_comms)
+                .unwrap_or_default();
+            if !thread_comm.is_empty() && thread_comms.len() < MAX_THREAD_COMMS {
+                thread_comms.push(thread_comm.to_owned());
             }
             self.entries.insert(
                 pid,
                 Entry {
                     info,
                     loaded: Instant::now(),
+                    thread_comms,
                 },
             );
         }
@@ -107,18 +129,20 @@ fn load(pid: u32, comm: &str) -> ProcessInfo {
         otel_env: false,
         container_id: None,
         exited: false,
+        environ_readable: false,
     };
     let Ok(process) = Process::new(pid as i32) else {
         info.exited = true;
         return info;
     };
-    if info.comm.is_empty() {
-        if let Ok(stat) = process.stat() {
-            info.comm = stat.comm;
-        }
+    // The process's own name (its main thread's), not the name of the thread that made the
+    // syscall (a Tokio worker, say).
+    if let Ok(stat) = process.stat() {
+        info.comm = stat.comm;
     }
     info.exe = process.exe().ok().map(|p| p.to_string_lossy().into_owned());
     if let Ok(env) = process.environ() {
+        info.environ_readable = true;
         let get = |k: &str| {
             env.get(std::ffi::OsStr::new(k))
                 .map(|v| v.to_string_lossy().into_owned())
@@ -149,6 +173,36 @@ pub fn service_name_from_resource_attributes(attrs: &str) -> Option<String> {
         let (k, v) = kv.split_once('=')?;
         (k.trim() == "service.name" && !v.trim().is_empty()).then(|| v.trim().to_owned())
     })
+}
+
+/// Sockets whose peer was looked up in /proc; past it the table is cleared.
+const MAX_PEERS: usize = 65_536;
+/// A looked-up peer is trusted this long (the fd may be closed and reused after).
+const PEER_TTL: Duration = Duration::from_secs(5);
+
+/// Peers of sockets the kernel did not see connect (opened before the agent started, or
+/// accepted): reading /proc for them on every request would cost more than the request.
+#[derive(Default)]
+pub struct PeerCache {
+    entries: HashMap<(u32, i32), (Option<SocketAddr>, Instant)>,
+    pub lookups: u64,
+}
+
+impl PeerCache {
+    pub fn get(&mut self, pid: u32, fd: i32) -> Option<SocketAddr> {
+        if let Some((peer, at)) = self.entries.get(&(pid, fd)) {
+            if at.elapsed() < PEER_TTL {
+                return *peer;
+            }
+        }
+        if self.entries.len() >= MAX_PEERS {
+            self.entries.clear();
+        }
+        self.lookups += 1;
+        let peer = socket_peer(pid, fd);
+        self.entries.insert((pid, fd), (peer, Instant::now()));
+        peer
+    }
 }
 
 /// The remote address of socket `fd` of `pid`, from /proc/<pid>/fd and the process's own

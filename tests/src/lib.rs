@@ -48,6 +48,22 @@ pub fn agent_bin() -> PathBuf {
     path
 }
 
+/// The agent's command line with `--output json`, optionally behind a wrapper.
+pub fn agent_command(wrapper: &[&str], extra_args: &[&str]) -> Command {
+    let mut cmd = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(agent_bin());
+            c
+        }
+        None => Command::new(agent_bin()),
+    };
+    cmd.args(["--output", "json"])
+        .args(extra_args)
+        .env("RUST_LOG", "info");
+    cmd
+}
+
 /// A running agent with `--output json`; stopped with SIGINT on drop (SIGKILL if it hangs).
 pub struct Agent {
     child: Option<Child>,
@@ -66,12 +82,22 @@ impl Agent {
     /// [`Agent::start`] with extra environment variables (e.g. `OTEL_EXPORTER_OTLP_*`).
     #[track_caller]
     pub fn start_with_env(extra_args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut cmd = agent_command(&[], extra_args);
+        cmd.envs(env.iter().copied());
+        Self::start_command(cmd)
+    }
+
+    /// [`Agent::start`] under a wrapper that execs the agent (e.g. `setpriv` with fewer
+    /// capabilities).
+    #[track_caller]
+    pub fn start_wrapped(wrapper: &[&str], extra_args: &[&str]) -> Self {
+        Self::start_command(agent_command(wrapper, extra_args))
+    }
+
+    #[track_caller]
+    fn start_command(mut cmd: Command) -> Self {
         require_root();
-        let mut child = Command::new(agent_bin())
-            .args(["--output", "json"])
-            .args(extra_args)
-            .env("RUST_LOG", "info")
-            .envs(env.iter().copied())
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -10,13 +10,7 @@ use serde::Deserialize as _;
 use serde_yaml::Value;
 
 /// The capabilities the agent may add (deploy/README-section.md says why each is needed).
-const ALLOWED_CAPS: &[&str] = &[
-    "BPF",
-    "PERFMON",
-    "SYS_RESOURCE",
-    "SYS_PTRACE",
-    "DAC_READ_SEARCH",
-];
+const ALLOWED_CAPS: &[&str] = &["BPF", "PERFMON", "SYS_PTRACE", "DAC_READ_SEARCH"];
 /// Host paths the agent opens; anything else mounted from the host is needless exposure.
 const ALLOWED_HOST_PATHS: &[&str] = &["/sys/kernel/tracing", "/sys/fs/bpf", "/sys/fs/cgroup"];
 

@@ -196,3 +196,48 @@ fn span_rules_for_servers() {
         f["evidence"]["received_trace_id"]
     );
 }
+
+/// The same rules with the OpenTelemetry Rust SDK exporting over OTLP/gRPC.
+fn rust_app(otlp_grpc: std::net::SocketAddr, service: &str, mode: &str, url: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_otel_fixture"));
+    cmd.args([mode, url])
+        .env("FIXTURE_OTLP_GRPC", format!("http://{otlp_grpc}"))
+        .env("FIXTURE_SERVICE", service)
+        .env_remove("OTEL_SERVICE_NAME")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
+    cmd
+}
+
+#[test]
+fn span_rules_for_rust_sdk_clients() {
+    let downstream = HttpServer::start(Duration::from_millis(50));
+    let url = downstream.url("/rust");
+    let agent = Agent::start(AGENT_ARGS);
+    let otlp = agent.otlp_grpc_addr();
+
+    let instrumented = run_client(&mut rust_app(
+        otlp,
+        "rust-instrumented",
+        "client-instrumented",
+        &url,
+    ));
+    let plain = run_client(&mut rust_app(otlp, "rust-plain", "client-plain", &url));
+    let unended = run_client(&mut rust_app(otlp, "rust-unended", "client-unended", &url));
+
+    agent.wait_for("the Rust SDK findings", Duration::from_secs(30), |lines| {
+        has(lines, unended, "unexported_span") && has(lines, plain, "missing_traceparent")
+    });
+    let lines = agent.stop();
+    let all = show(&lines);
+    assert_eq!(
+        kinds_of(&lines, instrumented),
+        Vec::<String>::new(),
+        "{all}"
+    );
+    assert_eq!(kinds_of(&lines, plain), ["missing_traceparent"], "{all}");
+    assert_eq!(kinds_of(&lines, unended), ["unexported_span"], "{all}");
+    let f = findings_of(&lines, plain)[0];
+    assert_eq!(f["service_name"], "rust-plain");
+    assert_eq!(f["comm"], "otel_fixture");
+    assert_eq!(f["path"], "/rust");
+}

@@ -32,6 +32,14 @@ const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BPF_LINKER_VERSION: &str = "0.13";
 const MIN_BPF_RUSTC_MINOR: u32 = 96;
 
+/// The OpenTelemetry Python SDK, for the instrumented applications the end-to-end tests run
+/// (tests/fixtures/otel_app.py). Pinned so that test runs are repeatable.
+const PIP_PACKAGES: &[&str] = &[
+    "opentelemetry-sdk==1.45.2",
+    "opentelemetry-exporter-otlp-proto-http==1.45.2",
+];
+const PIP_IMPORT_CHECK: &str = "import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http";
+
 const TRACEFS: &str = "/sys/kernel/tracing";
 const BPFFS: &str = "/sys/fs/bpf";
 
@@ -49,12 +57,13 @@ pub fn run(mode: Mode) -> Result<()> {
     let bpf_rustc_ok = bpf_rustc_is_recent();
     let linker_ok = bpf_linker_installed();
     let mounts = missing_mounts()?;
+    let pip_ok = python_sdk_installed();
 
-    if missing_packages.is_empty() && bpf_rustc_ok && linker_ok && mounts.is_empty() {
+    if missing_packages.is_empty() && bpf_rustc_ok && linker_ok && mounts.is_empty() && pip_ok {
         if mode == Mode::Verbose {
             eprintln!(
                 "setup: everything present (apt packages, {BPF_RUSTC} >= 1.{MIN_BPF_RUSTC_MINOR}, \
-                 bpf-linker, tracefs, bpffs) — checked in {:.2?}",
+                 bpf-linker, OpenTelemetry Python SDK, tracefs, bpffs) — checked in {:.2?}",
                 started.elapsed()
             );
         }
@@ -124,6 +133,24 @@ pub fn run(mode: Mode) -> Result<()> {
         )?;
     }
 
+    if !pip_ok {
+        eprintln!(
+            "setup: pip install {} (test fixtures)",
+            PIP_PACKAGES.join(" ")
+        );
+        exec(
+            Command::new("python3")
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                ])
+                .args(PIP_PACKAGES),
+        )?;
+    }
+
     for mount in &mounts {
         mount_fs(mount)?;
     }
@@ -172,6 +199,14 @@ fn bpf_linker_installed() -> bool {
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success())
+}
+
+fn python_sdk_installed() -> bool {
+    Command::new("python3")
+        .args(["-c", PIP_IMPORT_CHECK])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn missing_mounts() -> Result<Vec<&'static str>> {

@@ -10,7 +10,10 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use crate::{findings::FindingKind, trace_context::{to_hex, TraceParent}};
+use crate::{
+    findings::FindingKind,
+    trace_context::{to_hex, TraceParent},
+};
 
 /// How long after a traced request arrived the process may still be handling it.
 pub const HANDLING_WINDOW: Duration = Duration::from_secs(5);
@@ -136,7 +139,14 @@ impl TraceState {
     }
 
     /// `pid` sent a request with a valid `traceparent`; it is judged at `at + grace`.
-    pub fn outbound(&mut self, pid: u32, at: SystemTime, tp: TraceParent, target: Target, grace: Duration) {
+    pub fn outbound(
+        &mut self,
+        pid: u32,
+        at: SystemTime,
+        tp: TraceParent,
+        target: Target,
+        grace: Duration,
+    ) {
         let p = self.proc(pid);
         if p.pending.len() >= MAX_PENDING {
             p.pending.pop_front();
@@ -195,7 +205,9 @@ impl TraceState {
         let mut out = Vec::new();
         for (&pid, p) in &mut self.procs {
             while p.pending.front().is_some_and(|o| o.due <= now) {
-                let Some(o) = p.pending.pop_front() else { break };
+                let Some(o) = p.pending.pop_front() else {
+                    break;
+                };
                 if !o.tp.sampled() {
                     self.counters.unsampled += 1;
                     continue;
@@ -225,7 +237,11 @@ impl TraceState {
 
     /// At exit: contexts still in their grace window are uncertain, not findings.
     pub fn finish(&mut self) {
-        self.counters.pending_at_exit += self.procs.values().map(|p| p.pending.len() as u64).sum::<u64>();
+        self.counters.pending_at_exit += self
+            .procs
+            .values()
+            .map(|p| p.pending.len() as u64)
+            .sum::<u64>();
         for p in self.procs.values_mut() {
             p.pending.clear();
         }
@@ -233,7 +249,8 @@ impl TraceState {
 
     /// Forgets processes that exited and have nothing left to judge.
     pub fn retain(&mut self, alive: impl Fn(u32) -> bool) {
-        self.procs.retain(|pid, p| alive(*pid) || !p.pending.is_empty());
+        self.procs
+            .retain(|pid, p| alive(*pid) || !p.pending.is_empty());
     }
 }
 
@@ -272,7 +289,10 @@ fn judge(p: &ProcessTraces, o: &Pending) -> Vec<(FindingKind, BTreeMap<String, S
         let mut ev = BTreeMap::new();
         ev.insert("trace_id".into(), to_hex(&o.tp.trace_id));
         ev.insert("parent_id".into(), to_hex(&o.tp.parent_id));
-        ev.insert("spans_exported_by_process".into(), p.spans.len().to_string());
+        ev.insert(
+            "spans_exported_by_process".into(),
+            p.spans.len().to_string(),
+        );
         found.push((FindingKind::UnexportedSpan, ev));
     }
     found
@@ -299,7 +319,10 @@ fn broken_context(p: &ProcessTraces, o: &Pending) -> Option<BTreeMap<String, Str
     ev.insert("sent_trace_id".into(), to_hex(&o.tp.trace_id));
     ev.insert(
         "sent_after_received_ms".into(),
-        o.at.duration_since(handling.at).unwrap_or_default().as_millis().to_string(),
+        o.at.duration_since(handling.at)
+            .unwrap_or_default()
+            .as_millis()
+            .to_string(),
     );
     Some(ev)
 }

@@ -47,7 +47,11 @@ fn propagating_server_is_clean() {
     s.inbound(PID, t(0), tp(1, 0x10, true));
     // Server span 0x20 (child of the caller's 0x10), client span 0x21 injected downstream.
     s.outbound(PID, t(5), tp(1, 0x21, true), target(), GRACE);
-    s.exported(PID, t(100), &[span(1, 0x20, Some(0x10), 0), span(1, 0x21, Some(0x20), 4)]);
+    s.exported(
+        PID,
+        t(100),
+        &[span(1, 0x20, Some(0x10), 0), span(1, 0x21, Some(0x20), 4)],
+    );
     assert!(s.judge_due(t(30_005)).is_empty());
     assert_eq!(s.counters.judged, 1);
 }
@@ -58,7 +62,11 @@ fn new_trace_while_handling_a_traced_request_is_broken_context() {
     s.inbound(PID, t(0), tp(1, 0x10, true));
     // The handler's goroutine started from context.Background(): a new root 0x30 in trace 2.
     s.outbound(PID, t(5), tp(2, 0x31, true), target(), GRACE);
-    s.exported(PID, t(100), &[span(2, 0x30, None, 3), span(2, 0x31, Some(0x30), 4)]);
+    s.exported(
+        PID,
+        t(100),
+        &[span(2, 0x30, None, 3), span(2, 0x31, Some(0x30), 4)],
+    );
     // Nothing is judged before the grace window ends.
     assert!(s.judge_due(t(29_000)).is_empty());
     let found = s.judge_due(t(30_005));
@@ -71,7 +79,11 @@ fn new_trace_while_handling_a_traced_request_is_broken_context() {
 fn worker_without_inbound_traffic_is_never_broken() {
     let mut s = TraceState::default();
     s.outbound(PID, t(5), tp(2, 0x31, true), target(), GRACE);
-    s.exported(PID, t(100), &[span(2, 0x30, None, 3), span(2, 0x31, Some(0x30), 4)]);
+    s.exported(
+        PID,
+        t(100),
+        &[span(2, 0x30, None, 3), span(2, 0x31, Some(0x30), 4)],
+    );
     assert!(s.judge_due(t(30_005)).is_empty());
 }
 
@@ -81,7 +93,11 @@ fn trace_started_before_the_request_arrived_is_not_broken() {
     // A background job's trace began before any traced request came in.
     s.inbound(PID, t(1_000), tp(1, 0x10, true));
     s.outbound(PID, t(1_005), tp(2, 0x31, true), target(), GRACE);
-    s.exported(PID, t(1_100), &[span(2, 0x30, None, 0), span(2, 0x31, Some(0x30), 1_004)]);
+    s.exported(
+        PID,
+        t(1_100),
+        &[span(2, 0x30, None, 0), span(2, 0x31, Some(0x30), 1_004)],
+    );
     assert!(s.judge_due(t(40_000)).is_empty());
 }
 
@@ -103,7 +119,11 @@ fn injected_but_never_ended_span_is_unexported() {
 fn ended_span_is_not_unexported() {
     let mut s = TraceState::default();
     s.outbound(PID, t(5), tp(3, 0x41, true), target(), GRACE);
-    s.exported(PID, t(100), &[span(3, 0x40, None, 0), span(3, 0x41, Some(0x40), 1)]);
+    s.exported(
+        PID,
+        t(100),
+        &[span(3, 0x40, None, 0), span(3, 0x41, Some(0x40), 1)],
+    );
     assert!(s.judge_due(t(30_005)).is_empty());
 }
 
@@ -124,7 +144,12 @@ fn unsampled_and_unverifiable_contexts_are_counted_not_judged() {
     s.exported(PID, t(10), &[span(6, 0x70, None, 0)]);
     assert!(s.judge_due(t(30_005)).is_empty());
     assert_eq!(s.counters.unsampled, 1);
-    assert_eq!(s.counters.unverifiable, 1, "pid {} never exported to us", PID + 1);
+    assert_eq!(
+        s.counters.unverifiable,
+        1,
+        "pid {} never exported to us",
+        PID + 1
+    );
 }
 
 #[test]
@@ -157,7 +182,9 @@ fn batched_or_slow_exports_are_not_synchronous() {
     // A BatchSpanProcessor on a quiet service: one span per export, every 5 s.
     let mut s = TraceState::default();
     for i in 0..20u8 {
-        assert!(s.exported(PID, t(u64::from(i) * 5_000), &[span(8, i + 1, None, 0)]).is_none());
+        assert!(s
+            .exported(PID, t(u64::from(i) * 5_000), &[span(8, i + 1, None, 0)])
+            .is_none());
     }
 }
 
