@@ -119,6 +119,8 @@ pub struct Subject {
     pub exe: Option<String>,
     pub service_name: Option<String>,
     pub container_id: Option<String>,
+    /// `k8s.*` resource attributes of the process's pod, when running in a cluster.
+    pub k8s: Vec<(&'static str, String)>,
 }
 
 #[derive(Clone, Debug)]

@@ -16,6 +16,7 @@ use crate::{
     },
     findings::{Direction, FindingKey, FindingKind, FindingStore, Subject},
     http::{parse_request, Request, HTTP2_PREFACE, OTLP_GRPC_PORT},
+    k8s::PodIndex,
     otlp::{ExportBatch, Transport},
     process::{PeerCache, ProcessCache, ProcessInfo},
 };
@@ -69,12 +70,14 @@ pub struct Pipeline {
     /// Requests without context awaiting the instrumentation verdict of their process.
     provisional: VecDeque<Provisional>,
     span_grace: Duration,
+    /// Pods of this node, when running in a Kubernetes cluster.
+    pods: Option<PodIndex>,
     /// Wall clock minus CLOCK_MONOTONIC, to date kernel timestamps.
     boot_offset: Duration,
 }
 
 impl Pipeline {
-    pub fn new(span_grace: Duration) -> Self {
+    pub fn new(span_grace: Duration, pods: Option<PodIndex>) -> Self {
         Self {
             processes: ProcessCache::default(),
             peers: PeerCache::default(),
@@ -86,6 +89,7 @@ impl Pipeline {
             exported_service: HashMap::new(),
             provisional: VecDeque::new(),
             span_grace,
+            pods,
             boot_offset: boot_offset(),
         }
     }
@@ -301,6 +305,13 @@ impl Pipeline {
                 .clone()
                 .or_else(|| self.exported_service.get(&info.pid).cloned()),
             container_id: info.container_id.clone(),
+            k8s: self
+                .pods
+                .as_ref()
+                .zip(info.container.as_ref())
+                .and_then(|(pods, c)| pods.lookup(c))
+                .map(|pod| crate::k8s::otel_attributes(&pod))
+                .unwrap_or_default(),
         }
     }
 }

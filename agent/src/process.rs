@@ -24,6 +24,8 @@ pub struct ProcessInfo {
     /// Any `OTEL_*` environment variable: the process was set up for OpenTelemetry.
     pub otel_env: bool,
     pub container_id: Option<String>,
+    /// Container and pod UID from the cgroup path, for the Kubernetes pod lookup.
+    pub container: Option<crate::cgroup::ContainerInfo>,
     /// /proc had no entry when we looked: the process exited first. Only the kernel's comm is known.
     pub exited: bool,
     /// Its environment could be read: `otel_env` is a fact, not a guess. Without CAP_SYS_PTRACE
@@ -128,6 +130,7 @@ fn load(pid: u32, comm: &str) -> ProcessInfo {
         service_name: None,
         otel_env: false,
         container_id: None,
+        container: None,
         exited: false,
         environ_readable: false,
     };
@@ -155,16 +158,12 @@ fn load(pid: u32, comm: &str) -> ProcessInfo {
                     .and_then(|a| service_name_from_resource_attributes(&a))
             });
     }
-    info.container_id = container_id(pid);
+    info.container = crate::cgroup::read_container_info(pid).ok().flatten();
+    info.container_id = info.container.as_ref().map(|c| c.container_id.clone());
     if info.exe.is_none() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
         info.exited = true;
     }
     info
-}
-
-fn container_id(pid: u32) -> Option<String> {
-    let contents = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    crate::cgroup::parse_cgroup_file(&contents).map(|c| c.container_id)
 }
 
 /// `service.name=x` in an `OTEL_RESOURCE_ATTRIBUTES` list (`k=v,k=v`, values percent-encoded).

@@ -27,6 +27,9 @@ pub fn finding_json(f: &Finding) -> Value {
         "exe": f.subject.exe,
         "service_name": f.subject.service_name,
         "container_id": f.subject.container_id,
+        "k8s": (!f.subject.k8s.is_empty()).then(|| {
+            f.subject.k8s.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect::<serde_json::Map<_, _>>()
+        }),
         "direction": f.key.direction,
         "peer": f.key.peer.map(|p| p.to_string()),
         "method": f.key.method,

@@ -65,6 +65,10 @@ pub async fn run(args: Args, shutdown: impl Future<Output = ()>) -> anyhow::Resu
         grpc_listen: args.otlp_grpc_listen,
         http_listen: args.otlp_http_listen,
         forward_to: args.forward_to.clone(),
+        max_message_bytes: usize::try_from(args.otlp_max_message_bytes).unwrap_or(usize::MAX),
+        max_connections: usize::try_from(args.otlp_max_connections).unwrap_or(usize::MAX),
+        header_read_timeout_secs: args.otlp_header_timeout.as_secs(),
+        body_read_timeout_secs: args.otlp_body_timeout.as_secs(),
         ..ReceiverConfig::default()
     };
     let receiver = otlp::serve(
@@ -86,13 +90,20 @@ pub async fn run(args: Args, shutdown: impl Future<Output = ()>) -> anyhow::Resu
             .http_addr()
             .map_or_else(|| "off".to_owned(), |a| a.to_string()),
     );
-    let mut pipeline = Pipeline::new(args.span_grace);
+    // Kept alive for the whole run: dropping it stops the pod watch.
+    let pod_watcher = crate::k8s::start_in_cluster();
+    let mut pipeline = Pipeline::new(
+        args.span_grace,
+        pod_watcher.as_ref().map(|w| w.index().clone()),
+    );
     // Before the first tick: a bad OTEL_EXPORTER_OTLP_* setting stops the agent at startup.
     let mut exporter =
         export::FindingsExporter::from_env(args.otlp_endpoint.as_deref(), args.report_interval)
-            .context("configuring the OTLP export of findings")?;
+            .context("configuring the OTLP export of findings")?
+            .map(|x| x.with_path_template(args.path_template.is_on()));
     let mut ring_lag_ms = 0;
-    let mut reporter = Reporter::new(output, Box::new(std::io::stdout()));
+    let mut reporter = Reporter::new(output, Box::new(std::io::stdout()))
+        .with_receiver_stats(Arc::clone(&receiver_stats));
     let mut report_tick = tokio::time::interval(PRINT_EVERY);
     let mut sweep_tick = tokio::time::interval(SWEEP_EVERY);
     let deadline = async {
@@ -137,7 +148,7 @@ pub async fn run(args: Args, shutdown: impl Future<Output = ()>) -> anyhow::Resu
                 let kernel = capture.counters();
                 if let Some(x) = &mut exporter {
                     // Before the reporter: the store is read, not drained.
-                    x.findings_from(&pipeline.findings, |_| Vec::new());
+                    x.findings_from(&pipeline.findings, |f| f.subject.k8s.clone());
                     x.metrics(&export::snapshot(
                         &pipeline,
                         &kernel,
@@ -173,7 +184,7 @@ pub async fn run(args: Args, shutdown: impl Future<Output = ()>) -> anyhow::Resu
         .context("writing the final report")?;
     // After the local report, which must not wait for a slow backend (bounded: 5 s).
     if let Some(mut x) = exporter {
-        x.findings_from(&pipeline.findings, |_| Vec::new());
+        x.findings_from(&pipeline.findings, |f| f.subject.k8s.clone());
         x.metrics(&export::snapshot(
             &pipeline,
             &kernel,
