@@ -19,10 +19,16 @@ pub const MIN_REQUEST_LEN: u64 = 16;
 pub const MAX_IOVECS: u32 = 4;
 /// Default ring buffer size: a power-of-two multiple of the page size (8 MiB).
 pub const RING_BUF_BYTES_DEFAULT: u32 = 8 << 20;
-/// In-flight receive syscalls remembered between `sys_enter_*` and `sys_exit_*`.
+/// Slots for receive syscalls between `sys_enter_*` and `sys_exit_*`, one per thread id modulo
+/// this (a power of two). Two threads in a receive at once on the same slot lose a capture
+/// (counted as `stash_full`).
 pub const RECV_STASH_ENTRIES: u32 = 16_384;
+const _: () = assert!(RECV_STASH_ENTRIES.is_power_of_two());
 /// Sockets whose peer address was seen at `connect`.
 pub const PEERS_ENTRIES: u32 = 65_536;
+/// Threads inside an OpenSSL read/write call (uprobe → uretprobe); an LRU map, so threads that
+/// died inside a call age out.
+pub const TLS_STASH_ENTRIES: u32 = 16_384;
 pub const COMM_LEN: usize = 16;
 
 /// Names of the load-time globals in the eBPF object (set with `EbpfLoader::set_global`).
@@ -50,6 +56,15 @@ pub mod syscall {
     pub const READV: u8 = 5;
     pub const RECVFROM: u8 = 6;
     pub const RECVMSG: u8 = 7;
+    /// OpenSSL calls (uprobes), plaintext before encryption / after decryption. Events from
+    /// them carry [`super::flags::TLS`].
+    pub const SSL_WRITE: u8 = 8;
+    pub const SSL_WRITE_EX: u8 = 9;
+    pub const SSL_READ: u8 = 10;
+    pub const SSL_READ_EX: u8 = 11;
+    /// Not a request: a process called execve (`sched_process_exec`); header only, no payload.
+    /// The agent checks the new executable for TLS functions to probe (e.g. Node's OpenSSL).
+    pub const EXEC: u8 = 12;
 }
 
 /// Bits of [`EventHeader::flags`].
@@ -58,6 +73,10 @@ pub mod flags {
     pub const IOVECS_SKIPPED: u8 = 1 << 0;
     /// Reading one of the iovecs failed; the capture stops before it.
     pub const READ_FAILED: u8 = 1 << 1;
+    /// Plaintext taken inside a TLS library (the `SSL_*` syscall ids), not at a syscall.
+    pub const TLS: u8 = 1 << 2;
+    /// Bits that mean the capture is incomplete.
+    pub const INCOMPLETE: u8 = IOVECS_SKIPPED | READ_FAILED;
 }
 
 /// Address family of [`EventHeader::peer_addr`] (`AF_*` values from the kernel ABI).
@@ -144,9 +163,12 @@ pub mod counter {
     pub const RINGBUF_FULL: u32 = 3;
     /// Syscalls whose user buffer could not be read (bpf_probe_read_user failed).
     pub const READ_FAILED: u32 = 4;
-    /// Receive syscalls not followed because the enter→exit stash map was full.
+    /// Receive syscalls not followed because another thread held their stash slot.
     pub const STASH_FULL: u32 = 5;
-    pub const COUNT: u32 = 6;
+    /// TLS ClientHello records sent at the syscall level (bytes `16 03 .. .. .. 01`): TLS
+    /// connections started, whether or not a TLS library probe sees their plaintext.
+    pub const TLS_CLIENT_HELLOS: u32 = 6;
+    pub const COUNT: u32 = 7;
     pub const NAMES: [&str; COUNT as usize] = [
         "inspected",
         "captured",
@@ -154,6 +176,7 @@ pub mod counter {
         "ringbuf_full",
         "read_failed",
         "stash_full",
+        "tls_client_hellos",
     ];
 }
 

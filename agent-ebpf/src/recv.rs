@@ -1,8 +1,8 @@
 //! Receive side: the buffer is only filled when the syscall returns, so `sys_enter_*` stashes
-//! where it is (keyed by pid_tgid) and `sys_exit_*` copies what the syscall returned (the
-//! pattern Pixie uses). The stash is cleaned on every exit, errors included.
+//! where it is (in a per-thread slot) and `sys_exit_*` copies what the syscall returned (the
+//! pattern Pixie uses). The slot is freed on every exit, errors included.
 
-use agent_common::{counter, direction, syscall, MIN_REQUEST_LEN};
+use agent_common::{counter, direction, syscall, MIN_REQUEST_LEN, RECV_STASH_ENTRIES};
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 
 use crate::{
@@ -16,6 +16,8 @@ use crate::{
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct RecvArgs {
+    /// The thread in the syscall; 0 when the slot is free.
+    pid_tgid: u64,
     /// Buffer, or iovec array when `iovcnt` is not zero.
     ptr: u64,
     iovcnt: u64,
@@ -23,7 +25,7 @@ pub struct RecvArgs {
     syscall: u8,
     _pad0: [u8; 3],
 }
-const _: () = assert!(core::mem::size_of::<RecvArgs>() == 24);
+const _: () = assert!(core::mem::size_of::<RecvArgs>() == 32);
 
 /// `read(fd, buf, count)`: most servers.
 #[tracepoint]
@@ -87,29 +89,48 @@ fn stash_buf(ctx: &TracePointContext, kind: u8) {
     stash(ctx, kind, arg(ctx, 1), 0);
 }
 
+/// The stash slot of a thread (RECV_STASH_ENTRIES is a power of two).
+#[inline(always)]
+fn slot(pid_tgid: u64) -> Option<*mut RecvArgs> {
+    RECV_STASH.get_ptr_mut((pid_tgid as u32) & (RECV_STASH_ENTRIES - 1))
+}
+
 #[inline(always)]
 fn stash(ctx: &TracePointContext, kind: u8, ptr: u64, iovcnt: u64) {
     let Some((pid_tgid, _)) = current_tgid_unless_agent() else {
         return;
     };
-    let args = RecvArgs {
+    let Some(slot) = slot(pid_tgid) else {
+        return;
+    };
+    // SAFETY: a valid array slot; a thread is in one syscall at a time, and another thread
+    // sharing the slot is detected by the pid_tgid check at exit.
+    let slot = unsafe { &mut *slot };
+    if slot.pid_tgid != 0 && slot.pid_tgid != pid_tgid {
+        // Another thread with the same slot is inside a receive: its capture is lost.
+        count(counter::STASH_FULL);
+    }
+    *slot = RecvArgs {
+        pid_tgid,
         ptr,
         iovcnt,
         fd: arg(ctx, 0) as i32,
         syscall: kind,
         _pad0: [0; 3],
     };
-    if RECV_STASH.insert(pid_tgid, args, 0).is_err() {
-        count(counter::STASH_FULL);
-    }
 }
 
 #[inline(always)]
 fn try_exit(ctx: &TracePointContext) -> Result<(), ()> {
     let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
-    // SAFETY: the value is copied out before the entry is removed.
-    let args = *unsafe { RECV_STASH.get(pid_tgid) }.ok_or(())?;
-    let _ignored = RECV_STASH.remove(pid_tgid);
+    let slot = slot(pid_tgid).ok_or(())?;
+    // SAFETY: as in `stash`.
+    let slot = unsafe { &mut *slot };
+    if slot.pid_tgid != pid_tgid {
+        return Ok(());
+    }
+    let args = *slot;
+    slot.pid_tgid = 0;
     let returned = ret(ctx);
     if returned < MIN_REQUEST_LEN as i64 {
         return Ok(());

@@ -4,8 +4,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use agent_common::{
-    counter, direction, family, EventHeader, CAPTURE_CAP_MAX, EVENT_HEADER_LEN, GLOBAL_AGENT_TGID,
-    GLOBAL_CAPTURE_CAP, MAP_COUNTERS, MAP_EVENTS,
+    counter, direction, family, flags, syscall, EventHeader, CAPTURE_CAP_MAX, EVENT_HEADER_LEN,
+    GLOBAL_AGENT_TGID, GLOBAL_CAPTURE_CAP, MAP_COUNTERS, MAP_EVENTS,
 };
 use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
@@ -75,6 +75,8 @@ pub enum CaptureError {
     },
     #[error("registering the ring buffer with tokio failed")]
     Poll(#[source] std::io::Error),
+    #[error("TLS uprobes")]
+    Tls(#[source] crate::tls::TlsError),
 }
 
 /// One captured request prefix.
@@ -96,7 +98,12 @@ pub struct CapturedEvent {
 
 impl CapturedEvent {
     pub fn truncated(&self) -> bool {
-        self.total_len > self.data.len() as u64 || self.flags != 0
+        self.total_len > self.data.len() as u64 || self.flags & flags::INCOMPLETE != 0
+    }
+
+    /// Plaintext taken inside a TLS library (OpenSSL uprobes), not at a syscall.
+    pub fn tls(&self) -> bool {
+        self.flags & flags::TLS != 0
     }
 }
 
@@ -160,12 +167,22 @@ pub type KernelCounters = [u64; counter::COUNT as usize];
 
 pub struct Capture {
     /// Keeps programs and links alive; dropped last.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
+    /// TLS library files probed; their uprobe links live in `ebpf`.
+    tls: crate::tls::TlsProbes,
+    /// Processes that exec'd, from the ring buffer, to check for TLS functions.
+    execs: Vec<u32>,
     events: AsyncFd<RingBuf<MapData>>,
     counters: PerCpuArray<MapData, u64>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     attached: usize,
+    /// The last batch emptied the ring buffer.
+    drained: bool,
 }
+
+/// How long to let records accumulate after the ring buffer was emptied (the 8 MiB default
+/// ring holds ~50k records: a third of a second at 150k/s).
+const COALESCE: std::time::Duration = std::time::Duration::from_millis(10);
 
 impl Capture {
     /// Loads the programs with the agent's own pid excluded and attaches them all.
@@ -219,6 +236,14 @@ impl Capture {
                 })?;
             attached += 1;
         }
+        crate::tls::load(&mut ebpf).map_err(CaptureError::Tls)?;
+        let mut tls = crate::tls::TlsProbes::default();
+        tls.scan_all(&mut ebpf);
+        log::info!(
+            "TLS: {} uprobe links on {} OpenSSL files",
+            tls.links(),
+            tls.probed().len()
+        );
         let events = RingBuf::try_from(
             ebpf.take_map(MAP_EVENTS)
                 .ok_or(CaptureError::MissingMap(MAP_EVENTS))?,
@@ -244,11 +269,14 @@ impl Capture {
             "attached {attached} programs to syscall tracepoints (capture cap {cap} bytes, ring buffer {ring_bytes} bytes, agent pid {own_tgid} excluded)"
         );
         Ok(Self {
-            _ebpf: ebpf,
+            ebpf,
+            tls,
+            execs: Vec::new(),
             events,
             counters,
             logger,
             attached,
+            drained: false,
         })
     }
 
@@ -256,30 +284,46 @@ impl Capture {
         self.attached
     }
 
-    /// Waits until the ring buffer has records, then decodes up to `max` of them.
+    /// Waits until the ring buffer has records, then decodes up to `max` of them. After a
+    /// batch that emptied the ring, waits [`COALESCE`] first: at a steady rate the ring is
+    /// nearly always empty, and waking for every record cost more CPU than handling it.
     pub async fn next_batch(
         &mut self,
         max: usize,
         out: &mut Vec<Result<CapturedEvent, DecodeError>>,
     ) -> std::io::Result<()> {
+        if self.drained {
+            tokio::time::sleep(COALESCE).await;
+        }
         let mut guard = self.events.readable_mut().await?;
         let ring = guard.get_inner_mut();
         while out.len() < max {
             let Some(item) = ring.next() else { break };
-            out.push(decode(&item));
+            push_or_exec(decode(&item), out, &mut self.execs);
         }
-        if out.len() < max {
+        self.drained = out.len() < max;
+        if self.drained {
             guard.clear_ready();
         }
+        drop(guard);
+        for pid in self.execs.drain(..) {
+            self.tls.on_exec(&mut self.ebpf, pid);
+        }
         Ok(())
+    }
+
+    /// Probes TLS libraries that processes mapped since the last scan (rate-limited inside).
+    pub fn rescan_tls(&mut self) {
+        self.tls.rescan_if_due(&mut self.ebpf);
     }
 
     /// Drains what is in the ring buffer without waiting (used at shutdown).
     pub fn drain_now(&mut self, out: &mut Vec<Result<CapturedEvent, DecodeError>>) {
         let ring = self.events.get_mut();
         while let Some(item) = ring.next() {
-            out.push(decode(&item));
+            push_or_exec(decode(&item), out, &mut self.execs);
         }
+        self.execs.clear();
     }
 
     /// Forwards log records the programs wrote (rare paths only) to the `log` crate.
@@ -297,6 +341,18 @@ impl Capture {
             }
         }
         sums
+    }
+}
+
+/// Exec notices (`syscall::EXEC`) are not requests: they go to `execs`, the rest to `out`.
+fn push_or_exec(
+    event: Result<CapturedEvent, DecodeError>,
+    out: &mut Vec<Result<CapturedEvent, DecodeError>>,
+    execs: &mut Vec<u32>,
+) {
+    match event {
+        Ok(e) if e.syscall == syscall::EXEC => execs.push(e.pid),
+        other => out.push(other),
     }
 }
 

@@ -194,10 +194,6 @@ pub fn run(opts: &Options) -> Result<()> {
 
 /// The smoke run for `cargo xtask test` (after it has built the agent): proves the benchmark
 /// still runs end to end; asserts no numbers. Writes under target/bench/smoke/.
-#[allow(
-    dead_code,
-    reason = "called from test.rs once wired; `expect` would warn as soon as it is"
-)]
 pub fn smoke() -> Result<()> {
     run(&Options {
         quick: false,

@@ -62,6 +62,13 @@ pub fn run(opts: &Options) -> Result<()> {
         failures.push(format!("end-to-end tests: {e:#}"));
     }
 
+    // A seconds-long run of the benchmark so that it never rots; its numbers are not asserted.
+    if opts.filter.is_none() {
+        if let Err(e) = crate::bench::smoke() {
+            failures.push(format!("bench smoke: {e:#}"));
+        }
+    }
+
     if !failures.is_empty() {
         bail!(
             "{} test suite(s) failed:\n{}",
