@@ -54,9 +54,55 @@ pub struct Args {
     #[arg(long)]
     pub otlp_endpoint: Option<String>,
 
+    /// Replace identifiers in URL paths (numbers, UUIDs, long hex) with `{id}` in the OTLP
+    /// export of findings. The local JSON and table output always keep raw paths.
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    pub path_template: Switch,
+
+    /// Largest OTLP message the receivers accept, in bytes (after decompression too); larger
+    /// ones are answered 413 / RESOURCE_EXHAUSTED and counted.
+    #[arg(long, default_value_t = 16 * 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(1..=1 << 30))]
+    pub otlp_max_message_bytes: u64,
+
+    /// Open connections over both OTLP receivers; more are closed at accept and counted.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pub otlp_max_connections: u64,
+
+    /// A new OTLP connection must send its first byte, and an HTTP request its headers, within
+    /// this (slow clients are closed and counted).
+    #[arg(long, default_value = "10s", value_parser = parse_secs)]
+    pub otlp_header_timeout: Duration,
+
+    /// An OTLP/HTTP request body must arrive within this after its headers.
+    #[arg(long, default_value = "30s", value_parser = parse_secs)]
+    pub otlp_body_timeout: Duration,
+
     /// Stop after this long (for scripts and benchmarks).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
+}
+
+/// `on` or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+}
+
+impl Switch {
+    pub fn is_on(self) -> bool {
+        self == Self::On
+    }
+}
+
+/// A duration of whole seconds, at least one (the receiver's timeouts count seconds).
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d.as_secs() == 0 || d.subsec_nanos() != 0 {
+        return Err("must be a whole number of seconds, at least 1s".into());
+    }
+    Ok(d)
 }
 
 /// A listen address or `off`.

@@ -10,6 +10,7 @@ pub mod findings;
 pub mod http;
 pub mod k8s;
 pub mod otlp;
+pub mod path_template;
 pub mod pipeline;
 pub mod process;
 pub mod report;

@@ -2,13 +2,20 @@
 
 use std::{
     io::Write,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
     time::{Duration, Instant, SystemTime},
 };
 
 use agent_common::counter;
 use serde_json::{json, Value};
 
-use crate::{capture::KernelCounters, cli::Output, findings::Finding, pipeline::Pipeline};
+use crate::{
+    capture::KernelCounters, cli::Output, findings::Finding, otlp::ReceiverStats,
+    pipeline::Pipeline,
+};
 
 /// How often JSON output prints coverage and counter lines.
 const SUMMARY_EVERY: Duration = Duration::from_secs(10);
@@ -104,7 +111,27 @@ pub fn counters_json(kernel: &KernelCounters, pipeline: &Pipeline) -> Value {
             "findings": pipeline.findings.len(),
             "findings_evicted": pipeline.findings.evicted,
             "processes_exited_before_lookup": pipeline.processes.exited_before_lookup,
+            "processes_cached": pipeline.processes.len(),
+            "processes_with_stats": pipeline.stats.len(),
         }
+    })
+}
+
+/// The OTLP receiver's counters: what it refused or lost, and why.
+pub fn receiver_json(r: &ReceiverStats) -> Value {
+    let v = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    json!({
+        "export_requests": v(&r.export_requests),
+        "spans_received": v(&r.spans_received),
+        "invalid_spans": v(&r.invalid_spans),
+        "decode_errors": v(&r.decode_errors),
+        "too_large": v(&r.too_large),
+        "unsupported_media_type": v(&r.unsupported_media_type),
+        "batches_dropped": v(&r.batches_dropped),
+        "forward_dropped": v(&r.forward_dropped),
+        "connections_rejected": v(&r.connections_rejected),
+        "connections_timed_out": v(&r.connections_timed_out),
+        "unattributed_batches": v(&r.unattributed_batches),
     })
 }
 
@@ -112,6 +139,8 @@ pub struct Reporter {
     output: Output,
     out: Box<dyn Write + Send>,
     last_summary: Instant,
+    /// The OTLP receiver's counters, printed with the agent's own.
+    receiver: Option<Arc<ReceiverStats>>,
 }
 
 impl Reporter {
@@ -120,7 +149,15 @@ impl Reporter {
             output,
             out,
             last_summary: Instant::now(),
+            receiver: None,
         }
+    }
+
+    /// Adds the receiver's counters to the counters line and the table.
+    #[must_use]
+    pub fn with_receiver_stats(mut self, stats: Arc<ReceiverStats>) -> Self {
+        self.receiver = Some(stats);
+        self
     }
 
     /// Called every report interval.
@@ -141,7 +178,7 @@ impl Reporter {
             Output::Table => {
                 // The table shows the current counts; changes need no separate printing.
                 pipeline.findings.take_changed();
-                let table = render_table(pipeline, kernel);
+                let table = render_table(pipeline, kernel) + &self.receiver_line();
                 write!(self.out, "\x1b[H\x1b[2J{table}")?;
                 self.out.flush()
             }
@@ -160,11 +197,21 @@ impl Reporter {
                 self.print_summary(pipeline, kernel)?;
             }
             Output::Table => {
-                let table = render_table(pipeline, kernel);
+                let table = render_table(pipeline, kernel) + &self.receiver_line();
                 write!(self.out, "{table}")?;
             }
         }
         self.out.flush()
+    }
+
+    fn receiver_line(&self) -> String {
+        self.receiver.as_ref().map_or_else(String::new, |r| {
+            let fields: Vec<String> = receiver_json(r)
+                .as_object()
+                .map(|o| o.iter().map(|(k, v)| format!("{k}={v}")).collect())
+                .unwrap_or_default();
+            format!("receiver: {}\n", fields.join(" "))
+        })
     }
 
     fn print_changed(&mut self, pipeline: &mut Pipeline) -> std::io::Result<()> {
@@ -182,7 +229,11 @@ impl Reporter {
         for line in coverage_json(pipeline) {
             writeln!(self.out, "{line}")?;
         }
-        writeln!(self.out, "{}", counters_json(kernel, pipeline))
+        let mut counters = counters_json(kernel, pipeline);
+        if let Some(r) = &self.receiver {
+            counters["receiver"] = receiver_json(r);
+        }
+        writeln!(self.out, "{counters}")
     }
 }
 

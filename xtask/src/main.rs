@@ -1,8 +1,9 @@
-//! Developer tasks: `cargo xtask setup|build|run|test|bench`.
+//! Developer tasks: `cargo xtask setup|build|run|test|bench|fuzz`.
 
 mod bench;
 mod build;
 mod exec;
+mod fuzz;
 mod run;
 mod setup;
 mod test;
@@ -29,6 +30,8 @@ enum Command {
     /// Measure what the agent costs (nginx/wrk load, syscall loops, capacity, churn) against an
     /// interleaved baseline; writes target/bench/results.{json,md}. Needs root.
     Bench(bench::Options),
+    /// Run each cargo-fuzz target (fuzz/) for `--seconds` (nightly; installs cargo-fuzz).
+    Fuzz(fuzz::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,5 +41,6 @@ fn main() -> anyhow::Result<()> {
         Command::Run(opts) => run::run(opts),
         Command::Test(opts) => test::run(&opts),
         Command::Bench(opts) => bench::run(&opts),
+        Command::Fuzz(opts) => fuzz::run(&opts),
     }
 }

@@ -29,6 +29,9 @@ const MAX_PROCESSES: usize = 4096;
 const MAX_SPANS: usize = 20_000;
 const MAX_INBOUND: usize = 2048;
 const MAX_PENDING: usize = 4096;
+/// Trace ids received, and roots exported, per process; past it the older half goes.
+const MAX_RECEIVED: usize = 2 * MAX_INBOUND;
+const MAX_ROOTS: usize = MAX_SPANS;
 /// Spans and received contexts older than this are forgotten.
 const RETENTION: Duration = Duration::from_secs(300);
 
@@ -136,6 +139,26 @@ impl TraceState {
         }
         p.inbound.push_back(Inbound { at, tp });
         p.received.insert(tp.trace_id, at);
+        keep_newer_half(&mut p.received, MAX_RECEIVED, |at| *at);
+    }
+
+    /// Entries over every table (processes, contexts, spans, roots, exports), to check bounds.
+    pub fn entries(&self) -> usize {
+        self.procs.len()
+            + self
+                .procs
+                .values()
+                .map(|p| {
+                    p.inbound.len()
+                        + p.received.len()
+                        + p.spans.len()
+                        + p.span_order.len()
+                        + p.roots.len()
+                        + p.pending.len()
+                        + p.exports.len()
+                        + p.flagged.len()
+                })
+                .sum::<usize>()
     }
 
     /// `pid` sent a request with a valid `traceparent`; it is judged at `at + grace`.
@@ -179,6 +202,7 @@ impl TraceState {
             }
             if s.parent_span_id.is_none() {
                 p.roots.insert(s.trace_id, s.start);
+                keep_newer_half(&mut p.roots, MAX_ROOTS, |start| *start);
             }
             if p.spans.insert(s.span_id, *s).is_none() {
                 p.span_order.push_back((s.span_id, received_at));
@@ -252,6 +276,19 @@ impl TraceState {
         self.procs
             .retain(|pid, p| alive(*pid) || !p.pending.is_empty());
     }
+}
+
+/// Past `max` entries, keeps the newer half by `time` (amortised O(1) per insert: a full
+/// pass only every `max / 2` inserts). Entries sharing the median time go together.
+fn keep_newer_half<K, V>(map: &mut HashMap<K, V>, max: usize, time: impl Fn(&V) -> SystemTime) {
+    if map.len() <= max {
+        return;
+    }
+    let mut times: Vec<SystemTime> = map.values().map(&time).collect();
+    let mid = times.len() / 2;
+    let (_, median, _) = times.select_nth_unstable(mid);
+    let median = *median;
+    map.retain(|_, v| time(v) > median);
 }
 
 fn expire(p: &mut ProcessTraces, now: SystemTime) {

@@ -90,6 +90,8 @@ pub struct FindingsExporter {
     limiter: Limiter,
     stats: Arc<ExportStats>,
     emitted: u64,
+    /// `--path-template`: identifiers in `url.path` and the body become `{id}`.
+    path_template: bool,
 }
 
 impl FindingsExporter {
@@ -146,7 +148,15 @@ impl FindingsExporter {
             limiter: Limiter::new(report_interval),
             stats,
             emitted: 0,
+            path_template: true,
         })
+    }
+
+    /// Whether paths are templated (`crate::path_template`) before export; on by default.
+    #[must_use]
+    pub fn with_path_template(mut self, on: bool) -> Self {
+        self.path_template = on;
+        self
     }
 
     /// Offers a changed finding: sent now if new or its interval has passed, else kept and sent
@@ -191,6 +201,13 @@ impl FindingsExporter {
     }
 
     fn emit(&mut self, f: &Finding, extra: &[(&'static str, String)]) {
+        let templated;
+        let f = if self.path_template {
+            templated = record::with_templated_path(f);
+            &templated
+        } else {
+            f
+        };
         let mut rec = self.logger.create_log_record();
         rec.set_event_name(EVENT_NAME);
         let (number, text) = record::severity(f.key.kind.severity());

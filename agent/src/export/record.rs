@@ -32,6 +32,14 @@ pub fn severity(s: Severity) -> (OtelSeverity, &'static str) {
     }
 }
 
+/// The finding with its path templated (`/users/42` → `/users/{id}`), for `url.path` and the
+/// body; see [`crate::path_template`].
+pub fn with_templated_path(f: &Finding) -> Finding {
+    let mut f = f.clone();
+    f.key.path = crate::path_template::template_path(&f.key.path);
+    f
+}
+
 /// "checkout (pid 4242) sent 37 GET /api/cart requests to 10.0.0.7:8080 without traceparent".
 pub fn body(f: &Finding) -> String {
     let who = f
@@ -143,6 +151,7 @@ mod tests {
                 exe: Some("/usr/bin/python3.11".into()),
                 service_name: Some("checkout".into()),
                 container_id: Some("abc123".into()),
+                ..Subject::default()
             },
             count,
             first_seen: SystemTime::UNIX_EPOCH,
@@ -171,6 +180,21 @@ mod tests {
             body(&f),
             "python3 (pid 4242) sent 1 GET /api/cart request to an unknown peer without traceparent"
         );
+    }
+
+    #[test]
+    fn templated_paths_in_body_and_url_path() {
+        let mut f = finding(2);
+        f.key.path = "/users/42/orders/123e4567-e89b-12d3-a456-426614174000".into();
+        let t = with_templated_path(&f);
+        assert_eq!(t.key.path, "/users/{id}/orders/{id}");
+        assert!(body(&t).contains("GET /users/{id}/orders/{id} requests"));
+        let a = attributes(&t, &[]);
+        assert_eq!(
+            get(&a, "url.path"),
+            Some(&AnyValue::from("/users/{id}/orders/{id}"))
+        );
+        assert!(!format!("{a:?}").contains("/users/42"));
     }
 
     #[test]

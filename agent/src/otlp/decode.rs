@@ -160,6 +160,47 @@ pub(crate) fn pid_attr(attrs: &[KeyValue]) -> Option<u32> {
     (pid != 0).then_some(pid)
 }
 
+/// Why [`decode_trace_body`] refused a body (the receiver answers 413 or 400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyError {
+    TooLarge,
+    Corrupt,
+    Invalid,
+}
+
+/// The receiver's steps for one OTLP/HTTP trace body, as one function for the fuzz targets
+/// (fuzz/) and tests: bounded gunzip when `gzip`, decode (JSON or protobuf), span records.
+/// Returns the records of every resource and the count of spans skipped for invalid ids.
+pub fn decode_trace_body(
+    body: &[u8],
+    json: bool,
+    gzip: bool,
+    max_bytes: usize,
+) -> Result<(Vec<SpanRecord>, u64), BodyError> {
+    let plain;
+    let body = if gzip {
+        plain = gunzip_limited(body, max_bytes).map_err(|e| match e {
+            GunzipError::TooLarge => BodyError::TooLarge,
+            GunzipError::Corrupt => BodyError::Corrupt,
+        })?;
+        &plain[..]
+    } else {
+        body
+    };
+    if body.len() > max_bytes {
+        return Err(BodyError::TooLarge);
+    }
+    let format = if json { Format::Json } else { Format::Protobuf };
+    let req = decode_traces(body, format).map_err(|_| BodyError::Invalid)?;
+    let mut spans = Vec::new();
+    let mut invalid = 0;
+    for batch in resource_batches(req) {
+        spans.extend(batch.spans);
+        invalid += batch.invalid;
+    }
+    Ok((spans, invalid))
+}
+
 #[cfg(test)]
 mod tests {
     use opentelemetry_proto::tonic::common::v1::AnyValue;

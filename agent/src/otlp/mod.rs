@@ -32,6 +32,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+pub use decode::{decode_trace_body, BodyError};
 use tokio::{
     net::TcpListener,
     sync::{mpsc, watch},

@@ -1,0 +1,34 @@
+//! Security defaults of the command line: receivers on loopback, paths templated in exports,
+//! receiver limits on.
+
+use agent::cli::{Args, Switch};
+use clap::Parser as _;
+
+#[test]
+fn receivers_bind_loopback_and_exports_template_paths_by_default() {
+    let args = Args::parse_from(["tracegap"]);
+    for addr in [args.otlp_grpc_listen, args.otlp_http_listen] {
+        let addr = addr.expect("a receiver is on by default");
+        assert!(addr.ip().is_loopback(), "{addr} is not loopback");
+    }
+    assert_eq!(args.path_template, Switch::On);
+    assert_eq!(args.otlp_max_message_bytes, 16 * 1024 * 1024);
+    assert_eq!(args.otlp_max_connections, 256);
+    assert_eq!(args.otlp_header_timeout.as_secs(), 10);
+    assert_eq!(args.otlp_body_timeout.as_secs(), 30);
+}
+
+#[test]
+fn receiver_limits_are_validated() {
+    for bad in [
+        ["tracegap", "--otlp-max-connections", "0"],
+        ["tracegap", "--otlp-max-message-bytes", "0"],
+        ["tracegap", "--otlp-header-timeout", "0s"],
+        ["tracegap", "--otlp-body-timeout", "1500ms"],
+        ["tracegap", "--path-template", "maybe"],
+    ] {
+        assert!(Args::try_parse_from(bad).is_err(), "{bad:?} was accepted");
+    }
+    let args = Args::parse_from(["tracegap", "--path-template", "off"]);
+    assert_eq!(args.path_template, Switch::Off);
+}
