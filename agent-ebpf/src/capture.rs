@@ -123,6 +123,7 @@ pub fn capture(sys: &Syscall, src: Source) -> Result<(), ()> {
         return Err(());
     };
     if !is_http_request(first8) {
+        crate::tls::note_ciphertext(sys, first8);
         return Ok(());
     }
     copy_and_submit(sys, src)
@@ -208,7 +209,7 @@ fn copy_and_submit(sys: &Syscall, src: Source) -> Result<(), ()> {
     header.comm = bpf_get_current_comm().unwrap_or_default();
     header.direction = sys.direction;
     header.syscall = sys.syscall;
-    header.flags = event_flags;
+    header.flags = event_flags | crate::tls::flag(sys.syscall);
     header._pad0 = [0];
     // SAFETY: the LRU map value is copied out at once.
     match unsafe { PEERS.get(SocketKey { tgid, fd: sys.fd }) } {

@@ -168,7 +168,7 @@ pub type KernelCounters = [u64; counter::COUNT as usize];
 pub struct Capture {
     /// Keeps programs and links alive; dropped last.
     ebpf: Ebpf,
-    /// TLS library files probed; their uprobe links live in `ebpf`.
+    /// TLS library files probed, and their uprobe links.
     tls: crate::tls::TlsProbes,
     /// Processes that exec'd, from the ring buffer, to check for TLS functions.
     execs: Vec<u32>,

@@ -110,6 +110,8 @@ pub struct FindingKey {
     pub peer: Option<SocketAddr>,
     pub method: String,
     pub path: String,
+    /// Seen as plaintext inside a TLS library (the request went out encrypted).
+    pub tls: bool,
 }
 
 /// The process a finding is about, as known when it was raised.
@@ -238,6 +240,7 @@ mod tests {
             peer: Some("127.0.0.1:8080".parse().expect("addr")),
             method: "GET".into(),
             path: path.into(),
+            tls: false,
         }
     }
 

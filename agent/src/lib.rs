@@ -15,6 +15,7 @@ pub mod pipeline;
 pub mod process;
 pub mod report;
 mod run;
+pub mod tls;
 pub mod trace_context;
 
 pub use run::{run, shutdown_signal};

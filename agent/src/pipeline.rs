@@ -151,7 +151,8 @@ impl Pipeline {
         let Verdict::Finding(kind, evidence) = verdict else {
             return;
         };
-        let key = finding_key(kind, event.pid, Direction::Outbound, peer, &req);
+        let mut key = finding_key(kind, event.pid, Direction::Outbound, peer, &req);
+        key.tls = event.tls();
         if kind == FindingKind::UninstrumentedClient {
             // The process may export spans a moment later (SDKs export after the request):
             // decide between missing_traceparent and uninstrumented_client once that had time.
@@ -241,6 +242,7 @@ impl Pipeline {
                 peer: None,
                 method: "POST".into(),
                 path: path.into(),
+                tls: false,
             };
             let info = self.processes.get(pid, "").clone();
             let subject = self.subject(&info);
@@ -262,6 +264,7 @@ impl Pipeline {
                 peer: f.target.peer,
                 method: f.target.method,
                 path: f.target.path,
+                tls: false,
             };
             self.findings.record(key, &subject, f.evidence, f.at);
         }

@@ -41,6 +41,7 @@ pub fn finding_json(f: &Finding) -> Value {
         "peer": f.key.peer.map(|p| p.to_string()),
         "method": f.key.method,
         "path": f.key.path,
+        "tls": f.key.tls,
         "count": f.count,
         "first_seen": rfc3339(f.first_seen),
         "last_seen": rfc3339(f.last_seen),
@@ -246,7 +247,12 @@ pub fn render_table(pipeline: &Pipeline, kernel: &KernelCounters) -> String {
         for f in pipeline.findings.all() {
             m.entry(f.key.pid)
                 .or_default()
-                .push(format!("{}×{}", f.key.kind.as_str(), f.count));
+                .push(format!(
+                    "{}×{}{}",
+                    f.key.kind.as_str(),
+                    f.count,
+                    if f.key.tls { "(tls)" } else { "" }
+                ));
         }
         m
     };

@@ -145,6 +145,7 @@ pub async fn run(args: Args, shutdown: impl Future<Output = ()>) -> anyhow::Resu
             Wake::Report => {
                 pipeline.judge_due(std::time::SystemTime::now());
                 capture.flush_logs();
+                capture.rescan_tls();
                 let kernel = capture.counters();
                 if let Some(x) = &mut exporter {
                     // Before the reporter: the store is read, not drained.

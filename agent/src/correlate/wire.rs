@@ -77,6 +77,7 @@ pub fn finding_key(
         peer,
         method: req.method.clone(),
         path: req.path.clone(),
+        tls: false,
     }
 }
 

@@ -105,6 +105,7 @@ mod tests {
                 peer: None,
                 method: "GET".into(),
                 path: "/".into(),
+                tls: false,
             },
             subject: Subject::default(),
             count,

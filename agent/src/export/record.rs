@@ -104,6 +104,7 @@ pub fn attributes(f: &Finding, extra: &[(&'static str, String)]) -> Vec<(Key, An
         Key::from_static_str("process.pid"),
         i64::from(f.key.pid).into(),
     ));
+    a.push((Key::from_static_str("tracegap.tls"), f.key.tls.into()));
     a.push((
         Key::from_static_str("tracegap.finding.count"),
         i64::try_from(f.count).unwrap_or(i64::MAX).into(),
@@ -145,6 +146,7 @@ mod tests {
                 peer: Some("10.0.0.7:8080".parse().expect("addr")),
                 method: "GET".into(),
                 path: "/api/cart".into(),
+                tls: false,
             },
             subject: Subject {
                 comm: "python3".into(),

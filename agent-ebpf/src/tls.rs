@@ -1,0 +1,233 @@
+//! TLS plaintext: uprobes on OpenSSL's `SSL_write`/`SSL_write_ex`/`SSL_read`/`SSL_read_ex`
+//! (shared libssl, or executables that link OpenSSL statically and export them, e.g. Node).
+//!
+//! Every call is stashed at entry (keyed by pid_tgid) and captured at return, judged by the
+//! return value: Node calls `SSL_write` several times with the same buffer while the handshake
+//! is unfinished, the early calls returning -1 (shared/EBPF-TOOLCHAIN.md), so an entry-only
+//! probe would count duplicates. Uretprobes are safe on C code (only Go's moving stacks break
+//! them). The bytes then take the same path as the syscall hooks: the same 8-byte HTTP filter,
+//! the same ring buffer, with the `SSL_*` syscall ids and `flags::TLS`.
+//!
+//! Socket fd: OpenSSL keeps it in version-specific structs, so it is not read from the `SSL`.
+//! Instead, while a thread is inside a call, the syscall hooks that already read the first 8
+//! bytes of every send/receive note the fd when those bytes are a TLS application-data record
+//! (`17 03`) and the thread has a stash entry ([`note_ciphertext`]): a hash lookup only for TLS
+//! records, nothing for other traffic. With a socket BIO (curl, Python) the ciphertext goes out
+//! inside `SSL_write`, so the fd (and the peer remembered at `connect`) is known; with a memory
+//! BIO (Node) the socket write happens after the call returns and the fd stays -1.
+
+use agent_common::{counter, direction, family, flags, syscall, EventHeader, MIN_REQUEST_LEN};
+use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, generated::bpf_ktime_get_ns},
+    macros::{tracepoint, uprobe, uretprobe},
+    programs::{ProbeContext, RetProbeContext, TracePointContext},
+};
+
+use crate::{
+    capture::{capture, read_user, Source, Syscall},
+    count, current_tgid_unless_agent, EVENTS, TLS_STASH,
+};
+
+/// An OpenSSL call between its uprobe and uretprobe.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TlsCall {
+    buf: u64,
+    /// `num`: bytes to write, or the size of the read buffer.
+    num: u64,
+    /// `_ex` variants: where the byte count is written (`*written`, `*readbytes`); else 0.
+    count_ptr: u64,
+    /// The socket, when a syscall inside the call showed it (see the module comment).
+    fd: i32,
+    syscall: u8,
+    _pad0: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<TlsCall>() == 32);
+
+/// `int SSL_write(SSL *ssl, const void *buf, int num)`: curl, Node.
+#[uprobe]
+pub fn tracegap_ssl_write(ctx: ProbeContext) -> u32 {
+    let _ignored = try_enter(&ctx, syscall::SSL_WRITE);
+    0
+}
+
+/// `int SSL_write_ex(SSL *s, const void *buf, size_t num, size_t *written)`: Python.
+#[uprobe]
+pub fn tracegap_ssl_write_ex(ctx: ProbeContext) -> u32 {
+    let _ignored = try_enter(&ctx, syscall::SSL_WRITE_EX);
+    0
+}
+
+/// `int SSL_read(SSL *ssl, void *buf, int num)`.
+#[uprobe]
+pub fn tracegap_ssl_read(ctx: ProbeContext) -> u32 {
+    let _ignored = try_enter(&ctx, syscall::SSL_READ);
+    0
+}
+
+/// `int SSL_read_ex(SSL *ssl, void *buf, size_t num, size_t *readbytes)`.
+#[uprobe]
+pub fn tracegap_ssl_read_ex(ctx: ProbeContext) -> u32 {
+    let _ignored = try_enter(&ctx, syscall::SSL_READ_EX);
+    0
+}
+
+/// Attached to the return of all four functions: the stash says which one returned.
+#[uretprobe]
+pub fn tracegap_ssl_ret(ctx: RetProbeContext) -> u32 {
+    let _ignored = try_ret(&ctx);
+    0
+}
+
+/// `sched_process_exec`: tells the agent a new executable runs, so it can probe it if it links
+/// OpenSSL statically before the process gets to its first request (the periodic /proc scan
+/// would be seconds late). Exec is rare; the record is a bare header.
+#[tracepoint]
+pub fn tracegap_exec(_ctx: TracePointContext) -> u32 {
+    let _ignored = try_exec();
+    0
+}
+
+#[inline(always)]
+fn try_exec() -> Result<(), ()> {
+    let (pid_tgid, tgid) = current_tgid_unless_agent().ok_or(())?;
+    let header = EventHeader {
+        // SAFETY: no preconditions.
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        total_len: 0,
+        tgid,
+        tid: pid_tgid as u32,
+        fd: -1,
+        captured_len: 0,
+        comm: bpf_get_current_comm().unwrap_or_default(),
+        peer_addr: [0; 16],
+        peer_port: 0,
+        peer_family: family::UNKNOWN,
+        direction: direction::OUTBOUND,
+        syscall: syscall::EXEC,
+        flags: 0,
+        _pad0: [0],
+    };
+    if EVENTS.output::<EventHeader>(&header, 0).is_err() {
+        count(counter::RINGBUF_FULL);
+        return Err(());
+    }
+    Ok(())
+}
+
+const fn is_ex(kind: u8) -> bool {
+    kind == syscall::SSL_WRITE_EX || kind == syscall::SSL_READ_EX
+}
+
+const fn is_write(kind: u8) -> bool {
+    kind == syscall::SSL_WRITE || kind == syscall::SSL_WRITE_EX
+}
+
+/// `flags::TLS` for events from the `SSL_*` probes.
+#[inline(always)]
+pub const fn flag(kind: u8) -> u8 {
+    if kind >= syscall::SSL_WRITE && kind <= syscall::SSL_READ_EX {
+        flags::TLS
+    } else {
+        0
+    }
+}
+
+#[inline(always)]
+fn try_enter(ctx: &ProbeContext, kind: u8) -> Result<(), ()> {
+    let (pid_tgid, _) = current_tgid_unless_agent().ok_or(())?;
+    let buf: u64 = ctx.arg(1).ok_or(())?;
+    let num: u64 = if is_ex(kind) {
+        ctx.arg(2).ok_or(())?
+    } else {
+        // An `int`: the upper half of the register is not defined.
+        let n: i32 = ctx.arg(2).ok_or(())?;
+        if n < 0 {
+            return Ok(());
+        }
+        n as u64
+    };
+    if num < MIN_REQUEST_LEN {
+        return Ok(());
+    }
+    let count_ptr: u64 = if is_ex(kind) {
+        ctx.arg(3).ok_or(())?
+    } else {
+        0
+    };
+    let call = TlsCall {
+        buf,
+        num,
+        count_ptr,
+        fd: -1,
+        syscall: kind,
+        _pad0: [0; 3],
+    };
+    if TLS_STASH.insert(pid_tgid, call, 0).is_err() {
+        count(counter::STASH_FULL);
+        return Err(());
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn try_ret(ctx: &RetProbeContext) -> Result<(), ()> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: the value is copied out before the entry is removed.
+    let call = *unsafe { TLS_STASH.get(pid_tgid) }.ok_or(())?;
+    let _ignored = TLS_STASH.remove(pid_tgid);
+    // All four return an `int`.
+    let returned: i32 = ctx.ret();
+    let len = if call.count_ptr != 0 {
+        // 1 on success, and the byte count in *written / *readbytes.
+        if returned != 1 {
+            return Ok(());
+        }
+        let Some(n) = read_user::<u64>(call.count_ptr) else {
+            count(counter::READ_FAILED);
+            return Err(());
+        };
+        n
+    } else {
+        if returned <= 0 {
+            return Ok(());
+        }
+        returned as u64
+    };
+    // Never more than the buffer the caller passed.
+    let len = if len > call.num { call.num } else { len };
+    if len < MIN_REQUEST_LEN {
+        return Ok(());
+    }
+    let sys = Syscall {
+        pid_tgid,
+        fd: call.fd,
+        direction: if is_write(call.syscall) {
+            direction::OUTBOUND
+        } else {
+            direction::INBOUND
+        },
+        syscall: call.syscall,
+        len: Some(len),
+    };
+    capture(&sys, Source::Buf(call.buf))
+}
+
+/// Called by the syscall hooks for bytes that are not an HTTP request. A TLS application-data
+/// record (`17 03`) sent or received by a thread inside an OpenSSL call names the call's socket;
+/// a ClientHello (`16 03 xx xx xx 01`) is a TLS connection starting, counted.
+#[inline(always)]
+pub fn note_ciphertext(sys: &Syscall, first8: u64) {
+    match first8 & 0xffff {
+        0x0317 => {
+            if let Some(call) = TLS_STASH.get_ptr_mut(sys.pid_tgid) {
+                // SAFETY: a map value of this thread, which is the only one that writes it now.
+                unsafe { (*call).fd = sys.fd };
+            }
+        }
+        0x0316 if sys.direction == direction::OUTBOUND && (first8 >> 40) & 0xff == 1 => {
+            count(counter::TLS_CLIENT_HELLOS);
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,418 @@
+//! Finds the OpenSSL copies processes run and attaches the `SSL_*` uprobes to each once.
+//!
+//! Targets: every `libssl*.so*` mapped by a running process (from /proc/<pid>/maps, opened
+//! through /proc/<pid>/root so container files resolve), the host's own libssl in the usual
+//! library directories (probed at startup even if nothing maps it yet: Python loads it lazily at
+//! `import ssl`), and executables that export `SSL_write` (OpenSSL linked statically, e.g. Node),
+//! checked at every exec (`sched_process_exec` record) and every rescan. A uprobe belongs to the
+//! file (inode), not to a process: one attach covers every process that maps the file, now and
+//! later, so files are deduplicated by device and inode. The links live in the `Ebpf` owned by
+//! `Capture` and detach when it drops.
+
+use std::{
+    collections::HashSet,
+    fs::File,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use aya::{
+    programs::{
+        uprobe::{UProbeAttachLocation, UProbeLink, UProbeScope},
+        TracePoint, UProbe,
+    },
+    Ebpf,
+};
+use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+
+/// Entry program → OpenSSL function.
+const ENTRY: [(&str, &str); 4] = [
+    ("tracegap_ssl_write", "SSL_write"),
+    ("tracegap_ssl_write_ex", "SSL_write_ex"),
+    ("tracegap_ssl_read", "SSL_read"),
+    ("tracegap_ssl_read_ex", "SSL_read_ex"),
+];
+/// Uretprobe attached to all four.
+const RETURN: &str = "tracegap_ssl_ret";
+const EXEC_PROGRAM: &str = "tracegap_exec";
+
+/// Where distributions put the host's libssl.
+const LIB_DIRS: [&str; 8] = [
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib/aarch64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+    "/lib64",
+    "/usr/lib64",
+    "/usr/lib",
+    "/usr/local/lib",
+];
+
+/// How often running processes are rescanned for newly mapped TLS libraries.
+pub const RESCAN_EVERY: Duration = Duration::from_secs(2);
+/// Files remembered as checked; past it the set is cleared (files are then re-checked once).
+const MAX_CHECKED: usize = 65_536;
+/// Files probed at most; a host with more distinct OpenSSL copies gets a warning.
+const MAX_PROBED: usize = 512;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("program {0} is missing from the eBPF object")]
+    MissingProgram(&'static str),
+    #[error("program {name} failed to load or attach")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+}
+
+/// Why a file could not be checked for OpenSSL functions.
+#[derive(Debug, thiserror::Error)]
+enum ElfError {
+    #[error("opening it failed")]
+    Open(#[source] std::io::Error),
+    #[error("it is not a readable ELF file")]
+    Parse(#[source] object::Error),
+}
+
+/// A file mapped read-only. Reading symbol names through `object::ReadCache` costs a read(2)
+/// per name: ~100 ms for Node's 100k dynamic symbols, longer than Node takes from exec to its
+/// first request. Mapped, pages fault in on demand.
+struct Mapped {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+impl Mapped {
+    fn new(file: &File) -> std::io::Result<Self> {
+        use std::os::fd::AsRawFd as _;
+        let len = usize::try_from(file.metadata()?.len()).map_err(std::io::Error::other)?;
+        if len == 0 {
+            return Err(std::io::Error::other("empty file"));
+        }
+        // SAFETY: a private read-only mapping of an open file; the result is checked.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Self { ptr, len })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `ptr` maps `len` readable bytes until drop. A file rewritten in place while
+        // mapped could change under the parser, which bounds-checks everything it reads;
+        // executables and libraries are replaced by rename, not rewritten.
+        unsafe { std::slice::from_raw_parts(self.ptr.cast::<u8>(), self.len) }
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `new` mapped, once.
+        unsafe { libc::munmap(self.ptr, self.len) };
+    }
+}
+
+/// The `SSL_*` file offsets of one ELF file, in [`ENTRY`] order.
+type Offsets = [Option<u64>; 4];
+
+#[derive(Default)]
+pub struct TlsProbes {
+    /// (device, inode) of every file already checked, probed or not.
+    checked: HashSet<(u64, u64)>,
+    /// Files probed, for the log and the count.
+    probed: Vec<PathBuf>,
+    /// Uprobe links (entry and return), detached on drop. Each detach waits for the kernel
+    /// (~90 ms per link measured, serialized in the kernel even from parallel threads).
+    links: Vec<UProbeLink>,
+    last_scan: Option<Instant>,
+}
+
+/// Loads the uprobe programs and attaches the exec tracepoint.
+pub fn load(ebpf: &mut Ebpf) -> Result<(), TlsError> {
+    for name in ENTRY.iter().map(|(p, _)| *p).chain([RETURN]) {
+        let program: &mut UProbe = ebpf
+            .program_mut(name)
+            .ok_or(TlsError::MissingProgram(name))?
+            .try_into()
+            .map_err(|source| TlsError::Program { name, source })?;
+        program
+            .load()
+            .map_err(|source| TlsError::Program { name, source })?;
+    }
+    let name = EXEC_PROGRAM;
+    let exec: &mut TracePoint = ebpf
+        .program_mut(name)
+        .ok_or(TlsError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| TlsError::Program { name, source })?;
+    exec.load()
+        .map_err(|source| TlsError::Program { name, source })?;
+    exec.attach("sched", "sched_process_exec")
+        .map_err(|source| TlsError::Program { name, source })?;
+    Ok(())
+}
+
+impl TlsProbes {
+    /// Files probed so far.
+    pub fn probed(&self) -> &[PathBuf] {
+        &self.probed
+    }
+
+    pub fn links(&self) -> usize {
+        self.links.len()
+    }
+
+    /// The host's libssl, then everything running processes map or execute.
+    pub fn scan_all(&mut self, ebpf: &mut Ebpf) {
+        for dir in LIB_DIRS {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if is_libssl(&entry.file_name().to_string_lossy()) {
+                    self.consider(ebpf, &entry.path());
+                }
+            }
+        }
+        self.scan_processes(ebpf);
+        self.last_scan = Some(Instant::now());
+    }
+
+    /// [`TlsProbes::scan_all`]'s process part, at most every [`RESCAN_EVERY`].
+    pub fn rescan_if_due(&mut self, ebpf: &mut Ebpf) {
+        if self.last_scan.is_some_and(|t| t.elapsed() < RESCAN_EVERY) {
+            return;
+        }
+        let started = Instant::now();
+        self.scan_processes(ebpf);
+        log::debug!("TLS rescan of /proc took {:?}", started.elapsed());
+        self.last_scan = Some(Instant::now());
+    }
+
+    /// A process called execve: probe its executable if it carries OpenSSL.
+    pub fn on_exec(&mut self, ebpf: &mut Ebpf, pid: u32) {
+        let started = Instant::now();
+        self.consider_exe(ebpf, pid);
+        log::debug!("exec of {pid} checked in {:?}", started.elapsed());
+    }
+
+    fn consider_exe(&mut self, ebpf: &mut Ebpf, pid: u32) {
+        if let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) {
+            self.consider(ebpf, &in_root_of(pid, &exe));
+        }
+    }
+
+    fn scan_processes(&mut self, ebpf: &mut Ebpf) {
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        let own = std::process::id().to_string();
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let pid = name.to_string_lossy();
+            if !pid.bytes().all(|b| b.is_ascii_digit()) || pid == own {
+                continue;
+            }
+            let Ok(pid_num) = pid.parse() else { continue };
+            self.consider_exe(ebpf, pid_num);
+            let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
+                continue;
+            };
+            for path in libssl_paths(&maps) {
+                self.consider(ebpf, &in_root_of(pid_num, Path::new(path)));
+            }
+        }
+    }
+
+    /// Checks one file (once per device and inode) and probes it if it exports `SSL_write`.
+    fn consider(&mut self, ebpf: &mut Ebpf, path: &Path) {
+        let Ok(meta) = std::fs::metadata(path) else {
+            return;
+        };
+        if !meta.is_file() || !self.checked.insert((meta.dev(), meta.ino())) {
+            return;
+        }
+        if self.checked.len() > MAX_CHECKED {
+            self.checked.clear();
+        }
+        let started = Instant::now();
+        let offsets = match ssl_offsets(path) {
+            Ok(Some(offsets)) => offsets,
+            Ok(None) => return,
+            Err(e) => {
+                log::debug!("not probing {}: {e}", path.display());
+                return;
+            }
+        };
+        if self.probed.len() >= MAX_PROBED {
+            log::warn!(
+                "not probing {}: already {MAX_PROBED} TLS libraries probed",
+                path.display()
+            );
+            return;
+        }
+        let before = self.links.len();
+        for ((program, symbol), offset) in ENTRY.iter().zip(offsets) {
+            let Some(offset) = offset else { continue };
+            for name in [*program, RETURN] {
+                match attach(ebpf, name, path, offset) {
+                    Ok(link) => self.links.push(link),
+                    Err(e) => log::warn!(
+                        "attaching {name} to {symbol} in {} failed: {}",
+                        path.display(),
+                        chain(&e)
+                    ),
+                }
+            }
+        }
+        if self.links.len() > before {
+            log::info!(
+                "TLS probes on {} ({} links, {} ms)",
+                path.display(),
+                self.links.len() - before,
+                started.elapsed().as_millis()
+            );
+            self.probed.push(path.to_owned());
+        }
+    }
+}
+
+/// A path seen by `pid` (from its maps or exe link), as the agent can open it: itself when the
+/// process shares the agent's root, else under /proc/<pid>/root (a container). The kernel's
+/// uprobe path lookup refuses /proc/<pid>/exe itself (ENOENT, measured).
+fn in_root_of(pid: u32, path: &Path) -> PathBuf {
+    let root = format!("/proc/{pid}/root");
+    let same_root = match (std::fs::metadata(&root), std::fs::metadata("/")) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    };
+    if same_root {
+        path.to_owned()
+    } else {
+        Path::new(&root).join(path.strip_prefix("/").unwrap_or(path))
+    }
+}
+
+fn attach(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    path: &Path,
+    offset: u64,
+) -> Result<UProbeLink, TlsError> {
+    let program: &mut UProbe = ebpf
+        .program_mut(name)
+        .ok_or(TlsError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| TlsError::Program { name, source })?;
+    let id = program
+        .attach(
+            UProbeAttachLocation::AbsoluteOffset(offset),
+            path,
+            UProbeScope::AllProcesses,
+        )
+        .map_err(|source| TlsError::Program { name, source })?;
+    program
+        .take_link(id)
+        .map_err(|source| TlsError::Program { name, source })
+}
+
+/// An error with its sources, for one log line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+/// `libssl.so.3`, `libssl.so.1.1`, and wheels' vendored `libssl-1a2b3c4d.so.3`; not NSS's
+/// `libssl3.so` (no `SSL_write`; the symbol check would skip it anyway).
+fn is_libssl(file_name: &str) -> bool {
+    (file_name.starts_with("libssl.so") || file_name.starts_with("libssl-"))
+        && file_name.contains(".so")
+}
+
+/// Executable mappings of TLS libraries in a /proc/<pid>/maps text.
+fn libssl_paths(maps: &str) -> impl Iterator<Item = &str> {
+    maps.lines().filter_map(|line| {
+        // address perms offset dev inode path
+        let mut fields = line.split_whitespace();
+        let perms = fields.nth(1)?;
+        let path = fields.nth(3)?;
+        let name = path.rsplit('/').next()?;
+        (perms.contains('x') && path.starts_with('/') && is_libssl(name)).then_some(path)
+    })
+}
+
+/// File offsets of the `SSL_*` functions, or `None` when the file does not export `SSL_write`.
+/// Reads only the headers and symbol tables (Node's binary is ~100 MB).
+fn ssl_offsets(path: &Path) -> Result<Option<Offsets>, ElfError> {
+    let file = File::open(path).map_err(ElfError::Open)?;
+    let map = Mapped::new(&file).map_err(ElfError::Open)?;
+    let obj = object::File::parse(map.bytes()).map_err(ElfError::Parse)?;
+    let mut offsets: Offsets = [None; 4];
+    for sym in obj.dynamic_symbols() {
+        if !sym.is_definition() {
+            continue;
+        }
+        let Ok(name) = sym.name() else { continue };
+        let Some(i) = ENTRY.iter().position(|(_, s)| *s == name) else {
+            continue;
+        };
+        let Some(index) = sym.section_index() else {
+            continue;
+        };
+        let section = obj.section_by_index(index).map_err(ElfError::Parse)?;
+        let Some((file_offset, _)) = section.file_range() else {
+            continue;
+        };
+        offsets[i] = (sym.address() - section.address()).checked_add(file_offset);
+    }
+    Ok(offsets[0].is_some().then_some(offsets))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_libssl_mappings() {
+        let maps = "\
+7f00-7f10 r--p 00000000 08:01 123 /usr/lib/x86_64-linux-gnu/libssl.so.3
+7f10-7f20 r-xp 00010000 08:01 123 /usr/lib/x86_64-linux-gnu/libssl.so.3
+7f20-7f30 r-xp 00000000 08:01 124 /usr/lib/x86_64-linux-gnu/libcrypto.so.3
+7f30-7f40 r-xp 00000000 08:01 125 /opt/venv/lib/python3.11/site-packages/x.libs/libssl-8e1e3b9a.so.3
+7f40-7f50 r-xp 00000000 08:01 126 /usr/lib/x86_64-linux-gnu/libssl3.so
+7f50-7f60 rw-p 00000000 00:00 0 
+7f60-7f70 r-xp 00000000 00:00 0 [vdso]";
+        let paths: Vec<&str> = libssl_paths(maps).collect();
+        assert_eq!(
+            paths,
+            [
+                "/usr/lib/x86_64-linux-gnu/libssl.so.3",
+                "/opt/venv/lib/python3.11/site-packages/x.libs/libssl-8e1e3b9a.so.3"
+            ]
+        );
+    }
+
+    #[test]
+    fn non_elf_files_are_not_targets() {
+        let offsets = ssl_offsets(Path::new("/proc/self/status"));
+        assert!(!matches!(offsets, Ok(Some(_))));
+    }
+}

@@ -1,0 +1,213 @@
+//! HTTPS: real clients (curl, Python, Node) send requests over TLS to a local Python TLS server;
+//! the agent sees their plaintext through the OpenSSL uprobes and reports findings marked
+//! `"tls": true`. Every assertion needs the TLS capture: at the syscall level these requests are
+//! ciphertext, which the HTTP filter never matches.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    sync::atomic::{AtomicUsize, Ordering},
+};
+
+use serde_json::Value;
+use tracegap_tests::{
+    findings_of, kinds_of, last_counters, run_client, start_server, Agent, ChildGuard, TRACEPARENT,
+};
+
+/// A Python `http.server` behind `ssl` on 127.0.0.1 (port 0), answering after 300 ms so that
+/// short-lived clients are still alive when the agent looks them up in /proc.
+const SERVER: &str = r#"
+import http.server, ssl, sys, time
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        time.sleep(0.3)
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+    def log_message(self, *args):
+        pass
+s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+s.socket = ctx.wrap_socket(s.socket, server_side=True)
+print("listening", s.server_address[1], flush=True)
+s.serve_forever()
+"#;
+
+/// A directory removed on drop, unique per process and call.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "tracegap-tls-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&dir).expect("create a temporary directory");
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _removed = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The TLS server with a self-signed certificate made by the `openssl` CLI.
+struct TlsServer {
+    _child: ChildGuard,
+    _dir: TempDir,
+    port: u16,
+}
+
+impl TlsServer {
+    #[track_caller]
+    fn start() -> Self {
+        let dir = TempDir::new();
+        let (key, cert) = (dir.0.join("key.pem"), dir.0.join("cert.pem"));
+        let status = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"])
+            .args(["-subj", "/CN=localhost", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("the openssl CLI is needed to make the test certificate");
+        assert!(status.success(), "openssl req failed: {status}");
+        let (child, port) =
+            start_server(Command::new("python3").args(["-c", SERVER]).arg(&cert).arg(&key));
+        Self {
+            _child: child,
+            _dir: dir,
+            port,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn peer(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+fn curl(url: &str, headers: &[&str]) -> Command {
+    let mut cmd = Command::new("curl");
+    // --http1.1: the server speaks HTTP/1.1 only anyway; say so rather than rely on ALPN.
+    cmd.args(["-sS", "-k", "--http1.1", "-o", "/dev/null", "--max-time", "10"]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    cmd.arg(url);
+    cmd
+}
+
+fn show(lines: &[Value]) -> String {
+    lines
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The one finding of `pid`, which must be of `kind`, seen over TLS, for `path`.
+#[track_caller]
+fn assert_tls_finding<'a>(lines: &'a [Value], pid: u32, kind: &str, path: &str) -> &'a Value {
+    assert_eq!(kinds_of(lines, pid), [kind], "pid {pid}:\n{}", show(lines));
+    let f = findings_of(lines, pid)[0];
+    assert_eq!(f["tls"], true, "{f}");
+    assert_eq!(f["path"], path, "{f}");
+    assert_eq!(f["method"], "GET", "{f}");
+    assert_eq!(f["direction"], "outbound", "{f}");
+    assert_eq!(f["count"], 1, "one request, not one per SSL_write attempt: {f}");
+    f
+}
+
+fn agent() -> Agent {
+    Agent::start(&["--otlp-grpc-listen", "off", "--otlp-http-listen", "off"])
+}
+
+#[test]
+fn tls_curl_and_python_requests_are_judged() {
+    let server = TlsServer::start();
+    let agent = agent();
+
+    let instrumented = run_client(
+        curl(&server.url("/checkout?card=SECRET"), &[]).env("OTEL_SERVICE_NAME", "checkout"),
+    );
+    let traced = run_client(&mut curl(
+        &server.url("/traced"),
+        &[&format!("traceparent: {TRACEPARENT}")],
+    ));
+    let python = run_client(Command::new("python3").args([
+        "-c",
+        "import ssl, sys, urllib.request\n\
+         ctx = ssl.create_default_context()\n\
+         ctx.check_hostname = False\n\
+         ctx.verify_mode = ssl.CERT_NONE\n\
+         urllib.request.urlopen(sys.argv[1], context=ctx, timeout=10).read()",
+        &server.url("/py"),
+    ]));
+
+    let lines = agent.stop();
+    // curl writes ciphertext with sendto inside SSL_write: the socket, so the peer, is known.
+    let f = assert_tls_finding(&lines, instrumented, "missing_traceparent", "/checkout");
+    assert_eq!(f["service_name"], "checkout", "{f}");
+    assert_eq!(f["comm"], "curl", "{f}");
+    assert_eq!(f["peer"], server.peer().as_str(), "{f}");
+    assert_eq!(
+        kinds_of(&lines, traced),
+        Vec::<String>::new(),
+        "valid traceparent over TLS:\n{}",
+        show(&lines)
+    );
+    let traced_coverage = lines
+        .iter()
+        .rev()
+        .find(|l| l["kind"] == "coverage" && l["pid"] == traced)
+        .unwrap_or_else(|| panic!("no coverage line for the traced curl:\n{}", show(&lines)));
+    assert_eq!(traced_coverage["with_context"], 1, "{traced_coverage}");
+
+    // Python's ssl module calls SSL_write_ex.
+    let f = assert_tls_finding(&lines, python, "uninstrumented_client", "/py");
+    assert_eq!(f["peer"], server.peer().as_str(), "{f}");
+
+    assert!(!show(&lines).contains("SECRET"), "{}", show(&lines));
+    let counters = last_counters(&lines);
+    assert!(
+        counters["kernel"]["tls_client_hellos"].as_u64() >= Some(3),
+        "three TLS connections started: {counters}"
+    );
+}
+
+#[test]
+fn tls_node_https_get_is_seen_through_its_static_openssl() {
+    let node = Path::new("/usr/bin/node");
+    assert!(node.is_file(), "the Node test needs /usr/bin/node");
+    let server = TlsServer::start();
+    let agent = agent();
+
+    // Node links OpenSSL statically: the agent probes /usr/bin/node when it execs (the probe
+    // attaches in tens of milliseconds; a service's first request comes later than that, and
+    // 300 ms keeps this test off that race on a loaded machine).
+    let client = run_client(Command::new(node).args([
+        "-e",
+        "const https = require('https');\n\
+         setTimeout(() => https.get(process.argv[1], { rejectUnauthorized: false }, (r) => {\n\
+           r.resume();\n\
+           r.on('end', () => process.exit(0));\n\
+         }).on('error', (e) => { console.error(e); process.exit(1); }), 300);",
+        &server.url("/node"),
+    ]));
+
+    let lines = agent.stop();
+    let f = assert_tls_finding(&lines, client, "uninstrumented_client", "/node");
+    assert_eq!(f["comm"], "node", "{f}");
+    assert_eq!(f["exe"], "/usr/bin/node", "{f}");
+}
