@@ -245,14 +245,12 @@ pub fn render_table(pipeline: &Pipeline, kernel: &KernelCounters) -> String {
     let findings_by_pid = {
         let mut m = std::collections::HashMap::<u32, Vec<String>>::new();
         for f in pipeline.findings.all() {
-            m.entry(f.key.pid)
-                .or_default()
-                .push(format!(
-                    "{}×{}{}",
-                    f.key.kind.as_str(),
-                    f.count,
-                    if f.key.tls { "(tls)" } else { "" }
-                ));
+            m.entry(f.key.pid).or_default().push(format!(
+                "{}×{}{}",
+                f.key.kind.as_str(),
+                f.count,
+                if f.key.tls { "(tls)" } else { "" }
+            ));
         }
         m
     };

@@ -312,5 +312,9 @@ fn process_cache_is_bounded_and_forgets_exited_processes() {
     }
     assert_eq!(cache.len(), MAX_PROCESSES);
     cache.sweep();
-    assert_eq!(cache.len(), 0, "exited processes are forgotten at the sweep");
+    assert_eq!(
+        cache.len(),
+        0,
+        "exited processes are forgotten at the sweep"
+    );
 }

@@ -21,7 +21,8 @@ const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
 fn curl(url: &str) -> Command {
     let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "-o", "/dev/null", "--max-time", "10"]).arg(url);
+    cmd.args(["-sS", "-o", "/dev/null", "--max-time", "10"])
+        .arg(url);
     cmd
 }
 
@@ -69,9 +70,11 @@ fn hostile_captures_are_counted_and_the_agent_keeps_working() {
     );
     // And afterwards an ordinary request is still judged.
     let pid = run_client(&mut curl(&server.url("/after")));
-    agent.wait_for("the ordinary request's finding", Duration::from_secs(15), |l| {
-        !findings_of(l, pid).is_empty()
-    });
+    agent.wait_for(
+        "the ordinary request's finding",
+        Duration::from_secs(15),
+        |l| !findings_of(l, pid).is_empty(),
+    );
     let me = std::process::id();
     let lines = agent.stop();
     let counters = last_counters(&lines);

@@ -70,7 +70,9 @@ impl TlsServer {
         let dir = TempDir::new();
         let (key, cert) = (dir.0.join("key.pem"), dir.0.join("cert.pem"));
         let status = Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"])
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
             .args(["-subj", "/CN=localhost", "-keyout"])
             .arg(&key)
             .arg("-out")
@@ -79,8 +81,12 @@ impl TlsServer {
             .status()
             .expect("the openssl CLI is needed to make the test certificate");
         assert!(status.success(), "openssl req failed: {status}");
-        let (child, port) =
-            start_server(Command::new("python3").args(["-c", SERVER]).arg(&cert).arg(&key));
+        let (child, port) = start_server(
+            Command::new("python3")
+                .args(["-c", SERVER])
+                .arg(&cert)
+                .arg(&key),
+        );
         Self {
             _child: child,
             _dir: dir,
@@ -100,7 +106,15 @@ impl TlsServer {
 fn curl(url: &str, headers: &[&str]) -> Command {
     let mut cmd = Command::new("curl");
     // --http1.1: the server speaks HTTP/1.1 only anyway; say so rather than rely on ALPN.
-    cmd.args(["-sS", "-k", "--http1.1", "-o", "/dev/null", "--max-time", "10"]);
+    cmd.args([
+        "-sS",
+        "-k",
+        "--http1.1",
+        "-o",
+        "/dev/null",
+        "--max-time",
+        "10",
+    ]);
     for h in headers {
         cmd.args(["-H", h]);
     }
@@ -125,7 +139,10 @@ fn assert_tls_finding<'a>(lines: &'a [Value], pid: u32, kind: &str, path: &str) 
     assert_eq!(f["path"], path, "{f}");
     assert_eq!(f["method"], "GET", "{f}");
     assert_eq!(f["direction"], "outbound", "{f}");
-    assert_eq!(f["count"], 1, "one request, not one per SSL_write attempt: {f}");
+    assert_eq!(
+        f["count"], 1,
+        "one request, not one per SSL_write attempt: {f}"
+    );
     f
 }
 

@@ -79,8 +79,14 @@ fn ensure_cargo_fuzz() -> Result<()> {
         .args(["run", "nightly", "rustc", "--version"])
         .output();
     if !nightly.is_ok_and(|o| o.status.success()) {
-        exec(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))
-            .context("installing the nightly toolchain (cargo-fuzz needs it)")?;
+        exec(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))
+        .context("installing the nightly toolchain (cargo-fuzz needs it)")?;
     }
     Ok(())
 }
