@@ -40,8 +40,9 @@ fn send_chunks(addr: SocketAddr, chunks: &[&[u8]]) {
 
 #[test]
 fn hostile_captures_are_counted_and_the_agent_keeps_working() {
-    // Answers after 300 ms, so curl is still alive when the agent reads its /proc entry.
-    let server = HttpServer::start(Duration::from_millis(300));
+    // Answers after 1 s, so curl is still alive when the agent reads its /proc entry even on a
+    // loaded machine (the 1 MiB write above keeps the agent busy for a moment).
+    let server = HttpServer::start(Duration::from_secs(1));
     let agent = Agent::start(&["--otlp-grpc-listen", "off", "--otlp-http-listen", "off"]);
     let addr = server.addr();
     // Binary data that starts with "GET ".

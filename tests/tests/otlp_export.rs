@@ -43,13 +43,16 @@ fn exports_findings_and_metrics(protocol: &str) {
             ("OTEL_METRIC_EXPORT_INTERVAL", "1000"),
         ],
     );
-    assert!(
-        agent
-            .stderr()
-            .contains(&format!("OTLP {protocol} to {endpoint}")),
-        "the agent says where it exports:\n{}",
-        agent.stderr()
-    );
+    // The export line is logged after the programs are attached: wait for it (bounded).
+    let started = std::time::Instant::now();
+    while !agent.stderr().contains(&format!("OTLP {protocol} to {endpoint}")) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the agent says where it exports:\n{}",
+            agent.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     let pid = run_client(&mut curl_with_secrets(
         &server.url("/api/cart?token=SECRET"),
