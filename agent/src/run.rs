@@ -149,13 +149,7 @@ pub async fn run(args: Args, shutdown: impl Future<Output = ()>) -> anyhow::Resu
                 let kernel = capture.counters();
                 if let Some(x) = &mut exporter {
                     // Before the reporter: the store is read, not drained.
-                    x.findings_from(&pipeline.findings, |f| f.subject.k8s.clone());
-                    x.metrics(&export::snapshot(
-                        &pipeline,
-                        &kernel,
-                        Some(&receiver_stats),
-                        ring_lag_ms,
-                    ));
+                    offer(x, &pipeline, &kernel, &receiver_stats, ring_lag_ms);
                 }
                 if let Err(e) = reporter.tick(&mut pipeline, &kernel) {
                     log::warn!("writing the report failed: {e}");
@@ -185,14 +179,25 @@ pub async fn run(args: Args, shutdown: impl Future<Output = ()>) -> anyhow::Resu
         .context("writing the final report")?;
     // After the local report, which must not wait for a slow backend (bounded: 5 s).
     if let Some(mut x) = exporter {
-        x.findings_from(&pipeline.findings, |f| f.subject.k8s.clone());
-        x.metrics(&export::snapshot(
-            &pipeline,
-            &kernel,
-            Some(&receiver_stats),
-            ring_lag_ms,
-        ));
+        offer(&mut x, &pipeline, &kernel, &receiver_stats, ring_lag_ms);
         x.shutdown().await;
     }
     Ok(())
+}
+
+/// Hands the exporter the findings whose count changed and the current metrics.
+fn offer(
+    exporter: &mut export::FindingsExporter,
+    pipeline: &Pipeline,
+    kernel: &crate::capture::KernelCounters,
+    receiver_stats: &ReceiverStats,
+    ring_lag_ms: u64,
+) {
+    exporter.findings_from(&pipeline.findings, |f| f.subject.k8s.clone());
+    exporter.metrics(&export::snapshot(
+        pipeline,
+        kernel,
+        Some(receiver_stats),
+        ring_lag_ms,
+    ));
 }
