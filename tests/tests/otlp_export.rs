@@ -45,7 +45,10 @@ fn exports_findings_and_metrics(protocol: &str) {
     );
     // The export line is logged after the programs are attached: wait for it (bounded).
     let started = std::time::Instant::now();
-    while !agent.stderr().contains(&format!("OTLP {protocol} to {endpoint}")) {
+    while !agent
+        .stderr()
+        .contains(&format!("OTLP {protocol} to {endpoint}"))
+    {
         assert!(
             started.elapsed() < Duration::from_secs(10),
             "the agent says where it exports:\n{}",
