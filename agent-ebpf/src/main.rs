@@ -2,7 +2,7 @@
 //! processes send and receive into a ring buffer.
 //!
 //! kprobes and fentry are unavailable on the target kernels (shared/EBPF-TOOLCHAIN.md), so data
-//! is taken at `syscalls/sys_{enter,exit}_*`.
+//! is taken at the raw `sys_enter`/`sys_exit` tracepoints (see tp.rs) and in TLS libraries.
 #![no_std]
 #![no_main]
 
@@ -60,8 +60,8 @@ static PEERS: LruHashMap<SocketKey, Peer> = LruHashMap::with_max_entries(PEERS_E
 #[inline(always)]
 fn count(index: u32) {
     if let Some(value) = COUNTERS.get_ptr_mut(index) {
-        // SAFETY: per-CPU slot, and BPF programs do not preempt each other on one CPU for
-        // tracepoints of the same kind, so a plain increment is not torn.
+        // SAFETY: per-CPU slot. A uprobe can interrupt nothing here and tracepoint programs
+        // run with preemption off, so a plain increment is not torn.
         unsafe { *value += 1 };
     }
 }

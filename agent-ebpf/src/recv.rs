@@ -1,16 +1,14 @@
-//! Receive side: the buffer is only filled when the syscall returns, so `sys_enter_*` stashes
-//! where it is (in a per-thread slot) and `sys_exit_*` copies what the syscall returned (the
+//! Receive side: the buffer is only filled when the syscall returns, so `sys_enter` stashes
+//! where it is (in a per-thread slot) and `sys_exit` copies what the syscall returned (the
 //! pattern Pixie uses). The slot is freed on every exit, errors included.
-
-use agent_common::{counter, direction, syscall, MIN_REQUEST_LEN, RECV_STASH_ENTRIES};
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 
 use crate::{
     capture::{capture, Source, Syscall},
     count, current_tgid_unless_agent,
-    tp::{arg, ret},
+    tp::Args,
     RECV_STASH,
 };
+use agent_common::{counter, direction, syscall, MIN_REQUEST_LEN, RECV_STASH_ENTRIES};
 
 /// A receive syscall between its enter and exit tracepoints.
 #[repr(C)]
@@ -28,65 +26,43 @@ pub struct RecvArgs {
 const _: () = assert!(core::mem::size_of::<RecvArgs>() == 32);
 
 /// `read(fd, buf, count)`: most servers.
-#[tracepoint]
-pub fn tracegap_enter_read(ctx: TracePointContext) -> u32 {
-    stash_buf(&ctx, syscall::READ);
-    0
+#[inline(always)]
+pub fn on_read(args: &Args) {
+    stash_buf(args, syscall::READ);
 }
 
 /// `recvfrom(fd, buf, len, flags, addr, addrlen)`: Python's socketserver.
-#[tracepoint]
-pub fn tracegap_enter_recvfrom(ctx: TracePointContext) -> u32 {
-    stash_buf(&ctx, syscall::RECVFROM);
-    0
+#[inline(always)]
+pub fn on_recvfrom(args: &Args) {
+    stash_buf(args, syscall::RECVFROM);
 }
 
 /// `readv(fd, iov, iovcnt)`.
-#[tracepoint]
-pub fn tracegap_enter_readv(ctx: TracePointContext) -> u32 {
-    stash(&ctx, syscall::READV, arg(&ctx, 1), arg(&ctx, 2));
-    0
+#[inline(always)]
+pub fn on_readv(args: &Args) {
+    stash(args, syscall::READV, args.get(1), args.get(2));
 }
 
 /// `recvmsg(fd, msg, flags)`.
-#[tracepoint]
-pub fn tracegap_enter_recvmsg(ctx: TracePointContext) -> u32 {
-    if let Some((iov, iovcnt)) = crate::socket::msghdr_iov(arg(&ctx, 1)) {
-        stash(&ctx, syscall::RECVMSG, iov, iovcnt);
+#[inline(always)]
+pub fn on_recvmsg(args: &Args) {
+    if let Some((iov, iovcnt)) = crate::socket::msghdr_iov(args.get(1)) {
+        stash(args, syscall::RECVMSG, iov, iovcnt);
     }
-    0
 }
 
-#[tracepoint]
-pub fn tracegap_exit_read(ctx: TracePointContext) -> u32 {
-    let _ignored = try_exit(&ctx);
-    0
-}
-
-#[tracepoint]
-pub fn tracegap_exit_recvfrom(ctx: TracePointContext) -> u32 {
-    let _ignored = try_exit(&ctx);
-    0
-}
-
-#[tracepoint]
-pub fn tracegap_exit_readv(ctx: TracePointContext) -> u32 {
-    let _ignored = try_exit(&ctx);
-    0
-}
-
-#[tracepoint]
-pub fn tracegap_exit_recvmsg(ctx: TracePointContext) -> u32 {
-    let _ignored = try_exit(&ctx);
-    0
+/// Every syscall's exit: a thread's next exit after a stashed receive is that receive's.
+#[inline(always)]
+pub fn on_exit(ret: i64) {
+    let _ignored = try_exit(ret);
 }
 
 #[inline(always)]
-fn stash_buf(ctx: &TracePointContext, kind: u8) {
-    if arg(ctx, 2) < MIN_REQUEST_LEN {
+fn stash_buf(args: &Args, kind: u8) {
+    if args.get(2) < MIN_REQUEST_LEN {
         return;
     }
-    stash(ctx, kind, arg(ctx, 1), 0);
+    stash(args, kind, args.get(1), 0);
 }
 
 /// The stash slot of a thread (RECV_STASH_ENTRIES is a power of two).
@@ -96,7 +72,7 @@ fn slot(pid_tgid: u64) -> Option<*mut RecvArgs> {
 }
 
 #[inline(always)]
-fn stash(ctx: &TracePointContext, kind: u8, ptr: u64, iovcnt: u64) {
+fn stash(args: &Args, kind: u8, ptr: u64, iovcnt: u64) {
     let Some((pid_tgid, _)) = current_tgid_unless_agent() else {
         return;
     };
@@ -114,14 +90,14 @@ fn stash(ctx: &TracePointContext, kind: u8, ptr: u64, iovcnt: u64) {
         pid_tgid,
         ptr,
         iovcnt,
-        fd: arg(ctx, 0) as i32,
+        fd: args.get(0) as i32,
         syscall: kind,
         _pad0: [0; 3],
     };
 }
 
 #[inline(always)]
-fn try_exit(ctx: &TracePointContext) -> Result<(), ()> {
+fn try_exit(returned: i64) -> Result<(), ()> {
     let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
     let slot = slot(pid_tgid).ok_or(())?;
     // SAFETY: as in `stash`.
@@ -131,7 +107,6 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), ()> {
     }
     let args = *slot;
     slot.pid_tgid = 0;
-    let returned = ret(ctx);
     if returned < MIN_REQUEST_LEN as i64 {
         return Ok(());
     }

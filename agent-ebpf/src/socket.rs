@@ -1,34 +1,30 @@
 //! Socket bookkeeping: the peer address of connected sockets, and `struct msghdr` access.
 
+use crate::{capture::read_user, current_tgid_unless_agent, tp::Args, PEERS};
 use agent_common::{family, Peer, SocketKey};
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-
-use crate::{capture::read_user, current_tgid_unless_agent, tp::arg, PEERS};
 
 /// `connect(fd, addr, addrlen)`: remember the peer, so that requests on the socket name it even
 /// when the process exits before userspace can look at /proc.
-#[tracepoint]
-pub fn tracegap_enter_connect(ctx: TracePointContext) -> u32 {
-    let _ignored = try_connect(&ctx);
-    0
+#[inline(always)]
+pub fn on_connect(args: &Args) {
+    let _ignored = try_connect(args);
 }
 
 /// `close(fd)`: forget the peer, so that a later socket on the same fd number is not misnamed.
-#[tracepoint]
-pub fn tracegap_enter_close(ctx: TracePointContext) -> u32 {
+#[inline(always)]
+pub fn on_close(args: &Args) {
     if let Some((_, tgid)) = current_tgid_unless_agent() {
         let _ignored = PEERS.remove(SocketKey {
             tgid,
-            fd: arg(&ctx, 0) as i32,
+            fd: args.get(0) as i32,
         });
     }
-    0
 }
 
 #[inline(always)]
-fn try_connect(ctx: &TracePointContext) -> Result<(), ()> {
+fn try_connect(args: &Args) -> Result<(), ()> {
     let (_, tgid) = current_tgid_unless_agent().ok_or(())?;
-    let addr = arg(ctx, 1);
+    let addr = args.get(1);
     // struct sockaddr_in: family u16, port u16 (network order), addr [u8; 4].
     let head: [u8; 8] = read_user(addr).ok_or(())?;
     let fam = u16::from_ne_bytes([head[0], head[1]]);
@@ -51,7 +47,7 @@ fn try_connect(ctx: &TracePointContext) -> Result<(), ()> {
         .insert(
             SocketKey {
                 tgid,
-                fd: arg(ctx, 0) as i32,
+                fd: args.get(0) as i32,
             },
             peer,
             0,

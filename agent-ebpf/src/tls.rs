@@ -18,9 +18,13 @@
 
 use agent_common::{counter, direction, family, flags, syscall, EventHeader, MIN_REQUEST_LEN};
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, generated::bpf_ktime_get_ns},
-    macros::{tracepoint, uprobe, uretprobe},
-    programs::{ProbeContext, RetProbeContext, TracePointContext},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid,
+        generated::{bpf_get_attach_cookie, bpf_ktime_get_ns},
+    },
+    macros::{raw_tracepoint, uprobe, uretprobe},
+    programs::{ProbeContext, RawTracePointContext, RetProbeContext},
+    EbpfContext as _,
 };
 
 use crate::{
@@ -44,31 +48,21 @@ pub struct TlsCall {
 }
 const _: () = assert!(core::mem::size_of::<TlsCall>() == 32);
 
-/// `int SSL_write(SSL *ssl, const void *buf, int num)`: curl, Node.
-#[uprobe]
-pub fn tracegap_ssl_write(ctx: ProbeContext) -> u32 {
-    let _ignored = try_enter(&ctx, syscall::SSL_WRITE);
-    0
-}
-
-/// `int SSL_write_ex(SSL *s, const void *buf, size_t num, size_t *written)`: Python.
-#[uprobe]
-pub fn tracegap_ssl_write_ex(ctx: ProbeContext) -> u32 {
-    let _ignored = try_enter(&ctx, syscall::SSL_WRITE_EX);
-    0
-}
-
-/// `int SSL_read(SSL *ssl, void *buf, int num)`.
-#[uprobe]
-pub fn tracegap_ssl_read(ctx: ProbeContext) -> u32 {
-    let _ignored = try_enter(&ctx, syscall::SSL_READ);
-    0
-}
-
+/// Entry of all four functions; the attach cookie is the function's `syscall::SSL_*` id:
+/// `int SSL_write(SSL *ssl, const void *buf, int num)` (curl, Node),
+/// `int SSL_write_ex(SSL *s, const void *buf, size_t num, size_t *written)` (Python),
+/// `int SSL_read(SSL *ssl, void *buf, int num)`,
 /// `int SSL_read_ex(SSL *ssl, void *buf, size_t num, size_t *readbytes)`.
+/// One program for all four, so that one `uprobe_multi` link per file covers them (see the
+/// agent's uprobe_multi.rs for why links are few).
 #[uprobe]
-pub fn tracegap_ssl_read_ex(ctx: ProbeContext) -> u32 {
-    let _ignored = try_enter(&ctx, syscall::SSL_READ_EX);
+pub fn tracegap_ssl_enter(ctx: ProbeContext) -> u32 {
+    // SAFETY: the context pointer is the program's own.
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let kind = cookie as u8;
+    if u64::from(kind) == cookie && (syscall::SSL_WRITE..=syscall::SSL_READ_EX).contains(&kind) {
+        let _ignored = try_enter(&ctx, kind);
+    }
     0
 }
 
@@ -82,8 +76,8 @@ pub fn tracegap_ssl_ret(ctx: RetProbeContext) -> u32 {
 /// `sched_process_exec`: tells the agent a new executable runs, so it can probe it if it links
 /// OpenSSL statically before the process gets to its first request (the periodic /proc scan
 /// would be seconds late). Exec is rare; the record is a bare header.
-#[tracepoint]
-pub fn tracegap_exec(_ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn tracegap_exec(_ctx: RawTracePointContext) -> i32 {
     let _ignored = try_exec();
     0
 }

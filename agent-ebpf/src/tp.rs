@@ -1,31 +1,124 @@
-//! Reading syscall tracepoint contexts.
+//! The two raw syscall tracepoints, `raw_syscalls:sys_enter` and `sys_exit`, and the dispatch
+//! to the hooks of the syscalls tracegap follows.
 //!
-//! Layout of `syscalls/sys_enter_*` (see /sys/kernel/tracing/events/syscalls/*/format): an 8-byte
-//! `struct trace_entry`, `int __syscall_nr` padded to 8, then the arguments, 8 bytes each, from
-//! offset 16. `sys_exit_*` has `long ret` at offset 16.
+//! Why raw tracepoints and not `syscalls/sys_{enter,exit}_*`: each perf-event tracepoint link
+//! costs the kernel a full RCU-tasks grace period when it is removed (~80 ms, serialised under
+//! `event_mutex`), so fifteen of them made the agent take ~2 s to detach; a raw tracepoint link
+//! is released without waiting. A raw tracepoint also skips the perf trace buffer that every
+//! `syscalls/*` event fills before the program runs (~200 ns per hooked syscall here). In
+//! return the programs see every syscall and must pick theirs by number, and read the
+//! arguments from the task's saved registers.
 
-use aya_ebpf::{programs::TracePointContext, EbpfContext as _};
+use aya_ebpf::{
+    helpers::bpf_probe_read_kernel, macros::raw_tracepoint, programs::RawTracePointContext,
+};
 
-const ARGS_OFFSET: usize = 16;
+use crate::{recv, send, socket};
 
-/// Argument `index` of a `sys_enter_*` tracepoint.
-#[inline(always)]
-pub fn arg(ctx: &TracePointContext, index: usize) -> u64 {
-    // SAFETY: the context is the tracepoint's record; direct 8-byte aligned reads inside it are
-    // what the verifier allows for tracepoint programs (no helper call on the hot path).
-    unsafe {
-        core::ptr::read(
-            ctx.as_ptr()
-                .cast::<u8>()
-                .add(ARGS_OFFSET + 8 * index)
-                .cast::<u64>(),
-        )
+/// x86_64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl).
+mod nr {
+    pub const READ: i64 = 0;
+    pub const WRITE: i64 = 1;
+    pub const CLOSE: i64 = 3;
+    pub const READV: i64 = 19;
+    pub const WRITEV: i64 = 20;
+    pub const CONNECT: i64 = 42;
+    pub const SENDTO: i64 = 44;
+    pub const RECVFROM: i64 = 45;
+    pub const SENDMSG: i64 = 46;
+    pub const RECVMSG: i64 = 47;
+}
+
+/// The tail of x86_64 `struct pt_regs` from `dx` (offset 96) to `cs` (offset 136): the first
+/// three syscall arguments are in `di`, `si`, `dx`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RegsTail {
+    dx: u64,
+    si: u64,
+    di: u64,
+    orig_ax: u64,
+    ip: u64,
+    cs: u64,
+}
+const PT_REGS_DX: u64 = 96;
+const _: () = assert!(core::mem::size_of::<RegsTail>() == 48);
+/// `__USER_CS`: a 64-bit syscall. 32-bit (compat) tasks enter with `__USER32_CS` and number
+/// their syscalls differently (read is 3 there), so they are left alone.
+const USER_CS_64: u64 = 0x33;
+
+/// The first three arguments of the syscall being entered.
+#[derive(Clone, Copy)]
+pub struct Args(pub [u64; 3]);
+
+impl Args {
+    #[inline(always)]
+    pub fn get(&self, index: usize) -> u64 {
+        match index {
+            0 => self.0[0],
+            1 => self.0[1],
+            _ => self.0[2],
+        }
     }
 }
 
-/// Return value of a `sys_exit_*` tracepoint.
 #[inline(always)]
-pub fn ret(ctx: &TracePointContext) -> i64 {
-    // SAFETY: as in `arg`: `ret` sits at offset 16 of every sys_exit record.
-    unsafe { core::ptr::read(ctx.as_ptr().cast::<u8>().add(ARGS_OFFSET).cast::<i64>()) }
+fn args(ctx: &RawTracePointContext) -> Option<Args> {
+    let regs: u64 = ctx.arg(0);
+    // SAFETY: `regs` is the kernel's `struct pt_regs *` for this syscall (TP_PROTO of
+    // sys_enter); the helper fails cleanly on a bad address.
+    let tail: RegsTail =
+        unsafe { bpf_probe_read_kernel((regs + PT_REGS_DX) as *const RegsTail) }.ok()?;
+    if tail.cs != USER_CS_64 {
+        return None;
+    }
+    Some(Args([tail.di, tail.si, tail.dx]))
+}
+
+/// `sys_enter(struct pt_regs *regs, long id)`.
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn tracegap_sys_enter(ctx: RawTracePointContext) -> i32 {
+    let id: i64 = ctx.arg(1);
+    // Most syscalls leave here, after one compare chain and no memory access.
+    if !matches!(
+        id,
+        nr::READ
+            | nr::WRITE
+            | nr::CLOSE
+            | nr::READV
+            | nr::WRITEV
+            | nr::CONNECT
+            | nr::SENDTO
+            | nr::RECVFROM
+            | nr::SENDMSG
+            | nr::RECVMSG
+    ) {
+        return 0;
+    }
+    let Some(args) = args(&ctx) else {
+        return 0;
+    };
+    match id {
+        nr::WRITE => send::on_write(&args),
+        nr::SENDTO => send::on_sendto(&args),
+        nr::WRITEV => send::on_writev(&args),
+        nr::SENDMSG => send::on_sendmsg(&args),
+        nr::READ => recv::on_read(&args),
+        nr::RECVFROM => recv::on_recvfrom(&args),
+        nr::READV => recv::on_readv(&args),
+        nr::RECVMSG => recv::on_recvmsg(&args),
+        nr::CONNECT => socket::on_connect(&args),
+        nr::CLOSE => socket::on_close(&args),
+        _ => {}
+    }
+    0
+}
+
+/// `sys_exit(struct pt_regs *regs, long ret)`: only receives have work here, and they left a
+/// stash slot for the thread at enter, so no syscall number is needed.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn tracegap_sys_exit(ctx: RawTracePointContext) -> i32 {
+    let ret: i64 = ctx.arg(1);
+    recv::on_exit(ret);
+    0
 }

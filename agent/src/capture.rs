@@ -9,7 +9,7 @@ use agent_common::{
 };
 use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::RawTracePoint,
     Ebpf, EbpfLoader,
 };
 use bytes::Bytes;
@@ -20,22 +20,10 @@ use crate::findings::Direction;
 /// The eBPF object built by agent/build.rs (empty when the host had no eBPF toolchain).
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("TRACEGAP_BPF_OBJECT"));
 
-/// Program name → syscall tracepoint it attaches to (category `syscalls`).
+/// Program name → raw tracepoint it attaches to (see agent-ebpf/src/tp.rs for why raw).
 const PROGRAMS: &[(&str, &str)] = &[
-    ("tracegap_enter_write", "sys_enter_write"),
-    ("tracegap_enter_writev", "sys_enter_writev"),
-    ("tracegap_enter_sendto", "sys_enter_sendto"),
-    ("tracegap_enter_sendmsg", "sys_enter_sendmsg"),
-    ("tracegap_enter_read", "sys_enter_read"),
-    ("tracegap_exit_read", "sys_exit_read"),
-    ("tracegap_enter_readv", "sys_enter_readv"),
-    ("tracegap_exit_readv", "sys_exit_readv"),
-    ("tracegap_enter_recvfrom", "sys_enter_recvfrom"),
-    ("tracegap_exit_recvfrom", "sys_exit_recvfrom"),
-    ("tracegap_enter_recvmsg", "sys_enter_recvmsg"),
-    ("tracegap_exit_recvmsg", "sys_exit_recvmsg"),
-    ("tracegap_enter_connect", "sys_enter_connect"),
-    ("tracegap_enter_close", "sys_enter_close"),
+    ("tracegap_sys_enter", "sys_enter"),
+    ("tracegap_sys_exit", "sys_exit"),
 ];
 
 const TRACEFS: &str = "/sys/kernel/tracing";
@@ -56,8 +44,8 @@ pub enum CaptureError {
     #[error("program {0} is missing from the eBPF object")]
     MissingProgram(&'static str),
     #[error(
-        "program {name} failed to load or attach to syscalls/{tracepoint} (tracing programs need \
-         CAP_BPF and CAP_PERFMON)"
+        "program {name} failed to load or attach to the raw tracepoint {tracepoint} (tracing \
+         programs need CAP_BPF and CAP_PERFMON)"
     )]
     Attach {
         name: &'static str,
@@ -213,7 +201,7 @@ impl Capture {
         };
         let mut attached = 0;
         for &(name, tracepoint) in PROGRAMS {
-            let program: &mut TracePoint = ebpf
+            let program: &mut RawTracePoint = ebpf
                 .program_mut(name)
                 .ok_or(CaptureError::MissingProgram(name))?
                 .try_into()
@@ -228,7 +216,7 @@ impl Capture {
                 source,
             })?;
             program
-                .attach("syscalls", tracepoint)
+                .attach(tracepoint)
                 .map_err(|source| CaptureError::Attach {
                     name,
                     tracepoint,
@@ -236,8 +224,7 @@ impl Capture {
                 })?;
             attached += 1;
         }
-        crate::tls::load(&mut ebpf).map_err(CaptureError::Tls)?;
-        let mut tls = crate::tls::TlsProbes::default();
+        let mut tls = crate::tls::load(&mut ebpf, BPF_OBJECT).map_err(CaptureError::Tls)?;
         tls.scan_all(&mut ebpf);
         log::info!(
             "TLS: {} uprobe links on {} OpenSSL files",
@@ -266,7 +253,7 @@ impl Capture {
             unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
                 .map_err(|e| CaptureError::Poll(e.into()))?;
         log::info!(
-            "attached {attached} programs to syscall tracepoints (capture cap {cap} bytes, ring buffer {ring_bytes} bytes, agent pid {own_tgid} excluded)"
+            "attached {attached} programs to raw syscall tracepoints (capture cap {cap} bytes, ring buffer {ring_bytes} bytes, agent pid {own_tgid} excluded)"
         );
         Ok(Self {
             ebpf,

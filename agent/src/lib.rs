@@ -17,5 +17,6 @@ pub mod report;
 mod run;
 pub mod tls;
 pub mod trace_context;
+pub mod uprobe_multi;
 
 pub use run::{run, shutdown_signal};

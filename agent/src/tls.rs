@@ -17,22 +17,27 @@ use std::{
     time::{Duration, Instant},
 };
 
+use agent_common::syscall;
 use aya::{
     programs::{
-        uprobe::{UProbeAttachLocation, UProbeLink, UProbeScope},
-        TracePoint, UProbe,
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeScope},
+        RawTracePoint, UProbe,
     },
     Ebpf,
 };
+
+use crate::uprobe_multi::{MultiLink, MultiProgram};
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
 
-/// Entry program → OpenSSL function.
-const ENTRY: [(&str, &str); 4] = [
-    ("tracegap_ssl_write", "SSL_write"),
-    ("tracegap_ssl_write_ex", "SSL_write_ex"),
-    ("tracegap_ssl_read", "SSL_read"),
-    ("tracegap_ssl_read_ex", "SSL_read_ex"),
+/// OpenSSL function → the cookie its entry uprobe carries (the event's syscall id).
+const ENTRY: [(u8, &str); 4] = [
+    (syscall::SSL_WRITE, "SSL_write"),
+    (syscall::SSL_WRITE_EX, "SSL_write_ex"),
+    (syscall::SSL_READ, "SSL_read"),
+    (syscall::SSL_READ_EX, "SSL_read_ex"),
 ];
+/// Uprobe on the entry of all four (told apart by the cookie).
+const ENTER: &str = "tracegap_ssl_enter";
 /// Uretprobe attached to all four.
 const RETURN: &str = "tracegap_ssl_ret";
 const EXEC_PROGRAM: &str = "tracegap_exec";
@@ -133,15 +138,56 @@ pub struct TlsProbes {
     checked: HashSet<(u64, u64)>,
     /// Files probed, for the log and the count.
     probed: Vec<PathBuf>,
-    /// Uprobe links (entry and return), detached on drop. Each detach waits for the kernel
-    /// (~90 ms per link measured, serialized in the kernel even from parallel threads).
-    links: Vec<UProbeLink>,
+    /// Uprobe links, detached on drop.
+    links: Vec<ProbeLink>,
+    /// The `uprobe_multi` programs, unless the kernel refused them.
+    multi: Option<MultiPrograms>,
     last_scan: Option<Instant>,
 }
 
-/// Loads the uprobe programs and attaches the exec tracepoint.
-pub fn load(ebpf: &mut Ebpf) -> Result<(), TlsError> {
-    for name in ENTRY.iter().map(|(p, _)| *p).chain([RETURN]) {
+struct MultiPrograms {
+    enter: MultiProgram,
+    ret: MultiProgram,
+}
+
+/// One `uprobe_multi` link covers a file's four functions; perf-event links cover one each.
+enum ProbeLink {
+    Multi(#[allow(dead_code, reason = "held for its Drop")] MultiLink),
+    Perf(#[allow(dead_code, reason = "held for its Drop")] UProbeLink),
+}
+
+/// Attaches the exec tracepoint and prepares the uprobes: `uprobe_multi` programs (two links
+/// per file, see uprobe_multi.rs) when the kernel has them, else aya's perf-event uprobes (two
+/// per function).
+pub fn load(ebpf: &mut Ebpf, object: &[u8]) -> Result<TlsProbes, TlsError> {
+    let name = EXEC_PROGRAM;
+    let exec: &mut RawTracePoint = ebpf
+        .program_mut(name)
+        .ok_or(TlsError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| TlsError::Program { name, source })?;
+    exec.load()
+        .map_err(|source| TlsError::Program { name, source })?;
+    exec.attach("sched_process_exec")
+        .map_err(|source| TlsError::Program { name, source })?;
+    let mut probes = TlsProbes::default();
+    match crate::uprobe_multi::load(ebpf, object, &[ENTER, RETURN]) {
+        Ok(programs) => {
+            let mut programs = programs.into_iter();
+            if let (Some(enter), Some(ret)) = (programs.next(), programs.next()) {
+                probes.multi = Some(MultiPrograms { enter, ret });
+            }
+        }
+        Err(e) => log::info!("TLS: per-function uprobes ({})", chain(&e)),
+    }
+    if probes.multi.is_none() {
+        load_perf_programs(ebpf)?;
+    }
+    Ok(probes)
+}
+
+fn load_perf_programs(ebpf: &mut Ebpf) -> Result<(), TlsError> {
+    for name in [ENTER, RETURN] {
         let program: &mut UProbe = ebpf
             .program_mut(name)
             .ok_or(TlsError::MissingProgram(name))?
@@ -151,16 +197,6 @@ pub fn load(ebpf: &mut Ebpf) -> Result<(), TlsError> {
             .load()
             .map_err(|source| TlsError::Program { name, source })?;
     }
-    let name = EXEC_PROGRAM;
-    let exec: &mut TracePoint = ebpf
-        .program_mut(name)
-        .ok_or(TlsError::MissingProgram(name))?
-        .try_into()
-        .map_err(|source| TlsError::Program { name, source })?;
-    exec.load()
-        .map_err(|source| TlsError::Program { name, source })?;
-    exec.attach("sched", "sched_process_exec")
-        .map_err(|source| TlsError::Program { name, source })?;
     Ok(())
 }
 
@@ -264,18 +300,8 @@ impl TlsProbes {
             return;
         }
         let before = self.links.len();
-        for ((program, symbol), offset) in ENTRY.iter().zip(offsets) {
-            let Some(offset) = offset else { continue };
-            for name in [*program, RETURN] {
-                match attach(ebpf, name, path, offset) {
-                    Ok(link) => self.links.push(link),
-                    Err(e) => log::warn!(
-                        "attaching {name} to {symbol} in {} failed: {}",
-                        path.display(),
-                        chain(&e)
-                    ),
-                }
-            }
+        if !self.attach_multi(path, &offsets) {
+            self.attach_perf(ebpf, path, &offsets);
         }
         if self.links.len() > before {
             log::info!(
@@ -285,6 +311,69 @@ impl TlsProbes {
                 started.elapsed().as_millis()
             );
             self.probed.push(path.to_owned());
+        }
+    }
+}
+
+impl TlsProbes {
+    /// Two `uprobe_multi` links for the file; false when the kernel refused (then perf-event
+    /// uprobes are used from now on).
+    fn attach_multi(&mut self, path: &Path, offsets: &Offsets) -> bool {
+        let Some(multi) = &self.multi else {
+            return false;
+        };
+        let (found, cookies): (Vec<u64>, Vec<u64>) = ENTRY
+            .iter()
+            .zip(offsets)
+            .filter_map(|((kind, _), offset)| Some(((*offset)?, u64::from(*kind))))
+            .unzip();
+        let links = multi
+            .enter
+            .attach(path, &found, &cookies, false)
+            .and_then(|enter| Ok((enter, multi.ret.attach(path, &found, &cookies, true)?)));
+        match links {
+            Ok((enter, ret)) => {
+                self.links.push(ProbeLink::Multi(enter));
+                self.links.push(ProbeLink::Multi(ret));
+                true
+            }
+            Err(e) => {
+                log::warn!(
+                    "TLS: uprobe_multi refused, using per-function uprobes: {}",
+                    chain(&e)
+                );
+                self.multi = None;
+                false
+            }
+        }
+    }
+
+    fn attach_perf(&mut self, ebpf: &mut Ebpf, path: &Path, offsets: &Offsets) {
+        // Loaded lazily when uprobe_multi failed only at its first attach.
+        if let Err(e) = load_perf_programs(ebpf) {
+            if !matches!(
+                &e,
+                TlsError::Program {
+                    source: aya::programs::ProgramError::AlreadyLoaded,
+                    ..
+                }
+            ) {
+                log::warn!("TLS: {}", chain(&e));
+                return;
+            }
+        }
+        for ((kind, symbol), offset) in ENTRY.iter().zip(offsets) {
+            let Some(offset) = *offset else { continue };
+            for (name, cookie) in [(ENTER, Some(u64::from(*kind))), (RETURN, None)] {
+                match attach(ebpf, name, path, offset, cookie) {
+                    Ok(link) => self.links.push(ProbeLink::Perf(link)),
+                    Err(e) => log::warn!(
+                        "attaching {name} to {symbol} in {} failed: {}",
+                        path.display(),
+                        chain(&e)
+                    ),
+                }
+            }
         }
     }
 }
@@ -310,6 +399,7 @@ fn attach(
     name: &'static str,
     path: &Path,
     offset: u64,
+    cookie: Option<u64>,
 ) -> Result<UProbeLink, TlsError> {
     let program: &mut UProbe = ebpf
         .program_mut(name)
@@ -318,7 +408,10 @@ fn attach(
         .map_err(|source| TlsError::Program { name, source })?;
     let id = program
         .attach(
-            UProbeAttachLocation::AbsoluteOffset(offset),
+            UProbeAttachPoint {
+                location: UProbeAttachLocation::AbsoluteOffset(offset),
+                cookie,
+            },
             path,
             UProbeScope::AllProcesses,
         )

@@ -354,12 +354,8 @@ fn assert_unloaded_within(ids: &[u64], timeout: Duration, how: &str) {
     }
 }
 
-/// Signal to exit, with every program unloaded. The goal is 1 s; measured here: 2–4 s, all
-/// of it in dropping the ~30 links one after the other (14 tracepoints plus the TLS uprobes),
-/// each close waiting for an RCU grace period in the kernel. Detaching the links in parallel
-/// (or closing their fds from several threads) should bring it under 1 s; until then the
-/// budget is 5 s and the measured time is printed.
-const DETACH_BUDGET: Duration = Duration::from_secs(5);
+/// Signal to exit, with every program unloaded.
+const DETACH_BUDGET: Duration = Duration::from_secs(1);
 
 #[test]
 fn programs_are_detached_on_sigint_sigterm_and_sigkill() {
@@ -372,7 +368,7 @@ fn programs_are_detached_on_sigint_sigterm_and_sigkill() {
         let agent = Agent::start(&OFF);
         let ids = programs_of(agent.pid(), &before);
         assert!(
-            ids.len() >= 14,
+            ids.len() >= 3,
             "bpftool lists the agent's programs with their pid: {:?}",
             bpf_programs()
         );
