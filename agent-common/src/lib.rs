@@ -15,8 +15,9 @@ pub const CAPTURE_CAP_DEFAULT: u32 = 4096;
 /// Shortest buffer that can hold an HTTP/1.x request line: `GET / HTTP/1.1\r\n`.
 pub const MIN_REQUEST_LEN: u64 = 16;
 /// Number of iovecs read for `writev`/`sendmsg`/`readv`/`recvmsg`. Node writes headers and body
-/// as separate iovecs; a header block spread over more than this is marked truncated.
-pub const MAX_IOVECS: u32 = 4;
+/// as separate iovecs, grpcio up to ~30 (one per header name and value); a send spread over
+/// more than this is marked truncated.
+pub const MAX_IOVECS: u32 = 32;
 /// Default ring buffer size: a power-of-two multiple of the page size (8 MiB).
 pub const RING_BUF_BYTES_DEFAULT: u32 = 8 << 20;
 /// Slots for receive syscalls between `sys_enter_*` and `sys_exit_*`, one per thread id modulo
@@ -29,6 +30,13 @@ pub const PEERS_ENTRIES: u32 = 65_536;
 /// Threads inside an OpenSSL read/write call (uprobe → uretprobe); an LRU map, so threads that
 /// died inside a call age out.
 pub const TLS_STASH_ENTRIES: u32 = 16_384;
+/// HTTP/2 connections followed (see [`H2Conn`]); an LRU map, so connections the kernel never
+/// saw close age out.
+pub const H2_CONNS_ENTRIES: u32 = 16_384;
+/// Slots of the per-process "has HTTP/2 connections" hint, by `tgid % H2_PROCS_ENTRIES` (a
+/// power of two). A shared slot only costs the other process a hash lookup per syscall.
+pub const H2_PROCS_ENTRIES: u32 = 4096;
+const _: () = assert!(H2_PROCS_ENTRIES.is_power_of_two());
 pub const COMM_LEN: usize = 16;
 
 /// Names of the load-time globals in the eBPF object (set with `EbpfLoader::set_global`).
@@ -37,6 +45,7 @@ pub const GLOBAL_CAPTURE_CAP: &str = "CAPTURE_CAP";
 /// Map names, defined once for both sides.
 pub const MAP_EVENTS: &str = "EVENTS";
 pub const MAP_COUNTERS: &str = "COUNTERS";
+pub const MAP_H2_CONNS: &str = "H2_CONNS";
 
 /// Which way the bytes went, as seen by the process that made the syscall.
 pub mod direction {
@@ -75,6 +84,11 @@ pub mod flags {
     pub const READ_FAILED: u8 = 1 << 1;
     /// Plaintext taken inside a TLS library (the `SSL_*` syscall ids), not at a syscall.
     pub const TLS: u8 = 1 << 2;
+    /// Bytes of an HTTP/2 connection's request direction (frames, not an HTTP/1 request).
+    pub const H2: u8 = 1 << 3;
+    /// An earlier event of this HTTP/2 connection was lost (ring buffer full): the HPACK state
+    /// cannot be trusted any more.
+    pub const H2_GAP: u8 = 1 << 4;
     /// Bits that mean the capture is incomplete.
     pub const INCOMPLETE: u8 = IOVECS_SKIPPED | READ_FAILED;
 }
@@ -151,6 +165,23 @@ pub struct SocketKey {
 }
 const _: () = assert!(size_of::<SocketKey>() == 8);
 
+/// An HTTP/2 connection the kernel follows, keyed by [`SocketKey`]: which way its requests go
+/// for this process (the client writes them, the server reads them), so only that direction is
+/// captured.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct H2Conn {
+    /// [`direction`] of the request bytes.
+    pub direction: u8,
+    /// 1 when the connection's plaintext comes from a TLS library probe.
+    pub tls: u8,
+    /// 1 after an event could not be written: the next one carries [`flags::H2_GAP`].
+    pub gap: u8,
+    /// 1 when the connection was joined mid-way (no preface seen).
+    pub late: u8,
+}
+const _: () = assert!(size_of::<H2Conn>() == 4);
+
 /// Per-CPU counters, indexed by these values. Every exit that loses data has one.
 pub mod counter {
     /// Send/receive syscalls whose first bytes were read and checked for an HTTP method.
@@ -168,7 +199,12 @@ pub mod counter {
     /// TLS ClientHello records sent at the syscall level (bytes `16 03 .. .. .. 01`): TLS
     /// connections started, whether or not a TLS library probe sees their plaintext.
     pub const TLS_CLIENT_HELLOS: u32 = 6;
-    pub const COUNT: u32 = 7;
+    /// HTTP/2 connections whose client preface was seen (followed from their start).
+    pub const H2_CONNECTIONS: u32 = 7;
+    /// HTTP/2 connections joined mid-way (a request HEADERS frame without a preface seen,
+    /// e.g. opened before the agent started): their calls are undetermined.
+    pub const H2_JOINED: u32 = 8;
+    pub const COUNT: u32 = 9;
     pub const NAMES: [&str; COUNT as usize] = [
         "inspected",
         "captured",
@@ -177,12 +213,16 @@ pub mod counter {
         "read_failed",
         "stash_full",
         "tls_client_hellos",
+        "h2_connections",
+        "h2_joined",
     ];
 }
 
 #[cfg(feature = "user")]
 mod user {
-    use super::{EventHeader, Peer, SocketKey};
+    use super::{EventHeader, H2Conn, Peer, SocketKey};
+    // SAFETY: repr(C), four bytes, no padding (size asserted above).
+    unsafe impl aya::Pod for H2Conn {}
     // SAFETY: repr(C), integers and byte arrays only, explicit padding (size asserted above).
     unsafe impl aya::Pod for EventHeader {}
     // SAFETY: as above.

@@ -1,14 +1,18 @@
 //! The capture path shared by every send and receive hook: cheap HTTP check, copy, ring buffer.
 
 use agent_common::{
-    counter, family, flags, EventBuf, SocketKey, CAPTURE_CAP_MAX, EVENT_HEADER_LEN, MAX_IOVECS,
+    counter, family, flags, EventBuf, H2Conn, SocketKey, CAPTURE_CAP_MAX, EVENT_HEADER_LEN,
+    MAX_IOVECS, MIN_REQUEST_LEN,
 };
-use aya_ebpf::helpers::{
-    bpf_get_current_comm,
-    generated::{bpf_ktime_get_ns, bpf_probe_read_user},
+use aya_ebpf::{
+    cty::c_void,
+    helpers::{
+        bpf_get_current_comm,
+        generated::{bpf_ktime_get_ns, bpf_loop, bpf_probe_read_user},
+    },
 };
 
-use crate::{count, CAPTURE_CAP, EVENTS, PEERS, SCRATCH};
+use crate::{count, h2, CAPTURE_CAP, EVENTS, PEERS, SCRATCH};
 
 /// Where the syscall's bytes are in user memory.
 #[derive(Clone, Copy)]
@@ -101,9 +105,18 @@ pub fn read_user<T>(addr: u64) -> Option<T> {
     (ret == 0).then(|| unsafe { value.assume_init() })
 }
 
-/// Captures the syscall's bytes if they start an HTTP request.
+/// Captures the syscall's bytes if they start an HTTP request or belong to the request side of
+/// an HTTP/2 connection.
 #[inline(always)]
 pub fn capture(sys: &Syscall, src: Source) -> Result<(), ()> {
+    let tgid = (sys.pid_tgid >> 32) as u32;
+    let tls = crate::tls::flag(sys.syscall) != 0;
+    if let Some(conn) = h2::marked(tgid, sys.fd, sys.direction, tls) {
+        return copy_and_submit(sys, src, Some(conn));
+    }
+    if matches!(sys.len, Some(len) if len < MIN_REQUEST_LEN) {
+        return Ok(());
+    }
     let first = match src {
         Source::Buf(ptr) => ptr,
         Source::Iov { iov, count: iovcnt } => {
@@ -122,15 +135,94 @@ pub fn capture(sys: &Syscall, src: Source) -> Result<(), ()> {
         count(counter::READ_FAILED);
         return Err(());
     };
-    if !is_http_request(first8) {
-        crate::tls::note_ciphertext(sys, first8);
-        return Ok(());
+    if is_http_request(first8) {
+        let conn = if first8 == h2::PREFACE_PREFIX {
+            h2::mark(tgid, sys.fd, sys.direction, tls, false)
+        } else {
+            None
+        };
+        return copy_and_submit(sys, src, conn);
     }
-    copy_and_submit(sys, src)
+    // A HEADERS frame's length field starts with a zero byte; most other traffic does not.
+    if first8 & 0xff == 0 && first8 >> 24 & 0xff == 1 {
+        if let Some(conn) = late_h2_request(sys, tgid, tls, first) {
+            return copy_and_submit(sys, src, Some(conn));
+        }
+    }
+    crate::tls::note_ciphertext(sys, first8);
+    Ok(())
 }
 
+/// A connection opened before the agent: its first request HEADERS frame marks it (h2.rs).
 #[inline(always)]
-fn copy_and_submit(sys: &Syscall, src: Source) -> Result<(), ()> {
+fn late_h2_request(sys: &Syscall, tgid: u32, tls: bool, first: u64) -> Option<*mut H2Conn> {
+    // iovec sends have no length yet: the frame length is then not checked against it.
+    let len = sys.len.unwrap_or(u64::MAX);
+    let first16 = read_user::<[u8; 16]>(first)?;
+    if !h2::opens_request(first16, len) {
+        return None;
+    }
+    h2::mark(tgid, sys.fd, sys.direction, tls, true)
+}
+
+/// State of the iovec walk, shared with [`iov_step`] through `bpf_loop`.
+#[repr(C)]
+struct IovWalk {
+    iov: u64,
+    iovcnt: u64,
+    /// Bytes to copy at most (the cap, or what a receive returned).
+    valid: u64,
+    captured: u64,
+    /// Sum of the iovec lengths: a send's total.
+    sum: u64,
+    flags: u8,
+    _pad0: [u8; 7],
+}
+
+/// One iovec: reads `{ base, len }` and copies its bytes after those already captured. A
+/// `bpf_loop` callback, so the verifier checks it once instead of once per iteration and call
+/// site (unrolled, 32 iovecs made the programs too complex to load). Returns 1 to stop.
+extern "C" fn iov_step(index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the caller's `IovWalk` (see `copy_and_submit`).
+    let walk = unsafe { &mut *ctx.cast::<IovWalk>() };
+    if index >= walk.iovcnt {
+        return 1;
+    }
+    let Some([base, len]) = read_user::<[u64; 2]>(walk.iov.wrapping_add(16 * index)) else {
+        walk.flags |= flags::READ_FAILED;
+        return 1;
+    };
+    walk.sum = walk.sum.wrapping_add(len);
+    if walk.captured >= walk.valid {
+        return 0;
+    }
+    let Some(buf) = SCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    let room = walk.valid - walk.captured;
+    let n = clamp_to_cap(if len < room { len } else { room });
+    let off = walk.captured & (CAPTURE_CAP_MAX as u64 - 1);
+    // SAFETY: the per-CPU scratch record this program run builds; off < CAPTURE_CAP_MAX and
+    // n <= CAPTURE_CAP_MAX, in bounds of the 2 * CAPTURE_CAP_MAX data area.
+    let ret = unsafe {
+        bpf_probe_read_user(
+            (*buf).data.as_mut_ptr().add(off as usize).cast(),
+            n as u32,
+            base as *const _,
+        )
+    };
+    if ret != 0 {
+        walk.flags |= flags::READ_FAILED;
+        return 1;
+    }
+    walk.captured += n;
+    0
+}
+
+/// Copies up to the cap into a record and submits it. `h2` is the connection's entry when the
+/// bytes are HTTP/2 frames: a lost record is remembered there and flagged on the next one.
+#[inline(always)]
+fn copy_and_submit(sys: &Syscall, src: Source, h2: Option<*mut H2Conn>) -> Result<(), ()> {
     let buf = SCRATCH.get_ptr_mut(0).ok_or(())?;
     // SAFETY: the per-CPU scratch slot is ours for the duration of this program run.
     let buf: &mut EventBuf = unsafe { &mut *buf };
@@ -159,38 +251,33 @@ fn copy_and_submit(sys: &Syscall, src: Source) -> Result<(), ()> {
                 Some(_) => cap,
                 None => cap,
             };
-            let mut sum = 0u64;
-            let mut i = 0u32;
-            while i < MAX_IOVECS {
-                if u64::from(i) >= iovcnt {
-                    break;
-                }
-                let Some([base, len]) = read_user::<[u64; 2]>(iov + 16 * u64::from(i)) else {
-                    event_flags |= flags::READ_FAILED;
-                    break;
-                };
-                sum = sum.wrapping_add(len);
-                if captured < valid {
-                    let room = valid - captured;
-                    let n = clamp_to_cap(if len < room { len } else { room });
-                    let off = captured & (CAPTURE_CAP_MAX as u64 - 1);
-                    // SAFETY: off < CAPTURE_CAP_MAX and n <= CAPTURE_CAP_MAX: in bounds of
-                    // the 2 * CAPTURE_CAP_MAX data area.
-                    let ret = unsafe {
-                        bpf_probe_read_user(
-                            data.add(off as usize).cast(),
-                            n as u32,
-                            base as *const _,
-                        )
-                    };
-                    if ret != 0 {
-                        event_flags |= flags::READ_FAILED;
-                        break;
-                    }
-                    captured += n;
-                }
-                i += 1;
-            }
+            let mut walk = IovWalk {
+                iov,
+                iovcnt,
+                valid,
+                captured: 0,
+                sum: 0,
+                flags: 0,
+                _pad0: [0; 7],
+            };
+            let loops = if iovcnt < u64::from(MAX_IOVECS) {
+                iovcnt as u32
+            } else {
+                MAX_IOVECS
+            };
+            // SAFETY: `iov_step` has the callback signature bpf_loop expects, and `walk` lives
+            // on this stack frame for the whole call.
+            unsafe {
+                bpf_loop(
+                    loops,
+                    iov_step as *mut c_void,
+                    core::ptr::from_mut(&mut walk).cast(),
+                    0,
+                )
+            };
+            captured = clamp_to_cap(walk.captured);
+            event_flags |= walk.flags;
+            let sum = walk.sum;
             if iovcnt > u64::from(MAX_IOVECS) {
                 event_flags |= flags::IOVECS_SKIPPED;
             }
@@ -209,7 +296,16 @@ fn copy_and_submit(sys: &Syscall, src: Source) -> Result<(), ()> {
     header.comm = bpf_get_current_comm().unwrap_or_default();
     header.direction = sys.direction;
     header.syscall = sys.syscall;
-    header.flags = event_flags | crate::tls::flag(sys.syscall);
+    let mut h2_flags = 0;
+    if let Some(conn) = h2 {
+        h2_flags = flags::H2;
+        // SAFETY: a map value; a racing update at worst repeats or skips one gap flag, and
+        // userspace distrusts a connection after either.
+        if unsafe { (*conn).gap } != 0 {
+            h2_flags |= flags::H2_GAP;
+        }
+    }
+    header.flags = event_flags | h2_flags | crate::tls::flag(sys.syscall);
     header._pad0 = [0];
     // SAFETY: the LRU map value is copied out at once.
     match unsafe { PEERS.get(SocketKey { tgid, fd: sys.fd }) } {
@@ -233,6 +329,10 @@ fn copy_and_submit(sys: &Syscall, src: Source) -> Result<(), ()> {
     let record =
         unsafe { core::slice::from_raw_parts(core::ptr::from_ref(buf).cast::<u8>(), size) };
     let ret = EVENTS.output::<[u8]>(record, 0);
+    if let Some(conn) = h2 {
+        // SAFETY: as above.
+        unsafe { (*conn).gap = u8::from(ret.is_err()) };
+    }
     if ret.is_err() {
         count(counter::RINGBUF_FULL);
         return Err(());

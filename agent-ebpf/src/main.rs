@@ -7,6 +7,7 @@
 #![no_main]
 
 mod capture;
+mod h2;
 mod recv;
 mod send;
 mod socket;
@@ -14,8 +15,8 @@ mod tls;
 mod tp;
 
 use agent_common::{
-    counter, EventBuf, Peer, SocketKey, PEERS_ENTRIES, RECV_STASH_ENTRIES, RING_BUF_BYTES_DEFAULT,
-    TLS_STASH_ENTRIES,
+    counter, EventBuf, H2Conn, Peer, SocketKey, H2_CONNS_ENTRIES, H2_PROCS_ENTRIES, PEERS_ENTRIES,
+    RECV_STASH_ENTRIES, RING_BUF_BYTES_DEFAULT, TLS_STASH_ENTRIES,
 };
 use aya_ebpf::{
     macros::map,
@@ -56,6 +57,14 @@ static TLS_STASH: LruHashMap<u64, tls::TlsCall> =
 /// Peer address of each socket a process connected, forgotten at close.
 #[map]
 static PEERS: LruHashMap<SocketKey, Peer> = LruHashMap::with_max_entries(PEERS_ENTRIES, 0);
+
+/// HTTP/2 connections followed (see h2.rs); userspace removes entries it finds are not HTTP/2.
+#[map]
+static H2_CONNS: LruHashMap<SocketKey, H2Conn> = LruHashMap::with_max_entries(H2_CONNS_ENTRIES, 0);
+
+/// tgid of a process with HTTP/2 connections, in slot `tgid % H2_PROCS_ENTRIES`.
+#[map]
+static H2_PROCS: Array<u32> = Array::with_max_entries(H2_PROCS_ENTRIES, 0);
 
 #[inline(always)]
 fn count(index: u32) {

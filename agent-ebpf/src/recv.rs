@@ -59,9 +59,6 @@ pub fn on_exit(ret: i64) {
 
 #[inline(always)]
 fn stash_buf(args: &Args, kind: u8) {
-    if args.get(2) < MIN_REQUEST_LEN {
-        return;
-    }
     stash(args, kind, args.get(1), 0);
 }
 
@@ -73,9 +70,14 @@ fn slot(pid_tgid: u64) -> Option<*mut RecvArgs> {
 
 #[inline(always)]
 fn stash(args: &Args, kind: u8, ptr: u64, iovcnt: u64) {
-    let Some((pid_tgid, _)) = current_tgid_unless_agent() else {
+    let Some((pid_tgid, tgid)) = current_tgid_unless_agent() else {
         return;
     };
+    // Short reads are only of interest on HTTP/2 connections (a Go server reads the 9-byte
+    // frame header on its own). `iovcnt` 0 means a plain buffer of `args[2]` bytes.
+    if iovcnt == 0 && args.get(2) < MIN_REQUEST_LEN && !crate::h2::process_has_h2(tgid) {
+        return;
+    }
     let Some(slot) = slot(pid_tgid) else {
         return;
     };
@@ -107,7 +109,10 @@ fn try_exit(returned: i64) -> Result<(), ()> {
     }
     let args = *slot;
     slot.pid_tgid = 0;
-    if returned < MIN_REQUEST_LEN as i64 {
+    if returned <= 0
+        || (returned < MIN_REQUEST_LEN as i64
+            && !crate::h2::process_has_h2((pid_tgid >> 32) as u32))
+    {
         return Ok(());
     }
     let sys = Syscall {

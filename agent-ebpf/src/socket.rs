@@ -14,10 +14,9 @@ pub fn on_connect(args: &Args) {
 #[inline(always)]
 pub fn on_close(args: &Args) {
     if let Some((_, tgid)) = current_tgid_unless_agent() {
-        let _ignored = PEERS.remove(SocketKey {
-            tgid,
-            fd: args.get(0) as i32,
-        });
+        let fd = args.get(0) as i32;
+        let _ignored = PEERS.remove(SocketKey { tgid, fd });
+        crate::h2::forget(tgid, fd);
     }
 }
 

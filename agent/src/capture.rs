@@ -93,6 +93,11 @@ impl CapturedEvent {
     pub fn tls(&self) -> bool {
         self.flags & flags::TLS != 0
     }
+
+    /// Frames of an HTTP/2 connection's request direction (agent-ebpf/src/h2.rs).
+    pub fn h2(&self) -> bool {
+        self.flags & flags::H2 != 0
+    }
 }
 
 /// Why a ring buffer record could not be decoded.

@@ -112,6 +112,7 @@ pub struct FindingKey {
     pub path: String,
     /// Seen as plaintext inside a TLS library (the request went out encrypted).
     pub tls: bool,
+    pub protocol: crate::http::Protocol,
 }
 
 /// The process a finding is about, as known when it was raised.
@@ -241,6 +242,7 @@ mod tests {
             method: "GET".into(),
             path: path.into(),
             tls: false,
+            protocol: Default::default(),
         }
     }
 

@@ -17,6 +17,30 @@ pub const OTLP_GRPC_PORT: u16 = 4317;
 /// OTLP/HTTP export paths: a process's own telemetry, never judged for propagation.
 pub const OTLP_PATHS: &[&str] = &["/v1/traces", "/v1/metrics", "/v1/logs"];
 
+/// The protocol a request was made with (JSON `protocol`, OTLP `tracegap.protocol`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    #[default]
+    Http1,
+    /// HTTP/2 without a gRPC content type.
+    H2,
+    /// HTTP/2 with `content-type: application/grpc…`.
+    Grpc,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http1 => "http/1.1",
+            Self::H2 => "h2",
+            Self::Grpc => "grpc",
+        }
+    }
+}
+
+/// The OTLP/gRPC services' path prefix (`/opentelemetry.proto.collector.trace.v1.TraceService/Export`).
+pub const OTLP_GRPC_PATH_PREFIX: &str = "/opentelemetry.proto.collector.";
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request {
     pub method: String,
@@ -25,12 +49,17 @@ pub struct Request {
     pub trace: TraceHeaders,
     /// The header block ended inside the captured bytes: absent headers are really absent.
     pub complete: bool,
+    pub protocol: Protocol,
 }
 
 impl Request {
-    /// An OTLP/HTTP export request (`POST /v1/traces` and friends).
+    /// An OTLP export request: `POST /v1/traces` and friends, or a call to an OTLP gRPC service.
     pub fn is_telemetry(&self) -> bool {
-        self.method == "POST" && OTLP_PATHS.iter().any(|p| self.path.ends_with(p))
+        self.method == "POST"
+            && match self.protocol {
+                Protocol::Http1 => OTLP_PATHS.iter().any(|p| self.path.ends_with(p)),
+                Protocol::H2 | Protocol::Grpc => self.path.starts_with(OTLP_GRPC_PATH_PREFIX),
+            }
     }
 }
 
@@ -89,12 +118,13 @@ fn build(req: &httparse::Request<'_, '_>, complete: bool) -> Request {
         path: strip_path(req.path.unwrap_or_default()),
         trace,
         complete,
+        protocol: Protocol::Http1,
     }
 }
 
 /// Drops query string and fragment (they may hold tokens), and the scheme and authority of an
 /// absolute-form request target (`GET http://host/path` to a proxy).
-fn strip_path(target: &str) -> String {
+pub fn strip_path(target: &str) -> String {
     let target = match target.find("://") {
         Some(i) => target[i + 3..]
             .find('/')

@@ -7,6 +7,8 @@ pub mod cli;
 pub mod correlate;
 pub mod export;
 pub mod findings;
+pub mod h2;
+pub mod h2_conns;
 pub mod http;
 pub mod k8s;
 pub mod otlp;

@@ -15,10 +15,13 @@ use crate::{
         ProcessStats, Verdict,
     },
     findings::{Direction, FindingKey, FindingKind, FindingStore, Subject},
-    http::{parse_request, Request, HTTP2_PREFACE, OTLP_GRPC_PORT},
+    h2::H2Event,
+    h2_conns::H2Connections,
+    http::{parse_request, Protocol, Request, HTTP2_PREFACE, OTLP_GRPC_PORT},
     k8s::PodIndex,
     otlp::{ExportBatch, Transport},
     process::{PeerCache, ProcessCache, ProcessInfo},
+    trace_context::TraceHeaders,
 };
 
 /// Counts of what the agent itself skipped or could not read.
@@ -35,8 +38,11 @@ pub struct AgentCounters {
     pub process_unknown: u64,
     /// OTLP exports seen on the wire (to this agent or elsewhere).
     pub telemetry_exports: u64,
-    /// HTTP/2 connections seen starting (not decoded yet).
-    pub h2_connections: u64,
+    /// HTTP/2 calls whose headers could not be decoded (connection joined mid-way, an event
+    /// lost, a truncated capture hid a frame): counted, never judged.
+    pub h2_undetermined: u64,
+    /// HTTP/2 connections whose frames stopped making sense (loss or not HTTP/2 after all).
+    pub h2_lost_sync: u64,
     pub export_batches: u64,
     /// Export batches with no exporting pid (socket and `process.pid` both unknown).
     pub unattributed_batches: u64,
@@ -67,6 +73,8 @@ pub struct Pipeline {
     exporters: HashSet<u32>,
     /// `service.name` from each exporting process's resource.
     exported_service: HashMap<u32, String>,
+    /// HTTP/2 connections being decoded.
+    pub h2: H2Connections,
     /// Requests without context awaiting the instrumentation verdict of their process.
     provisional: VecDeque<Provisional>,
     span_grace: Duration,
@@ -88,6 +96,7 @@ impl Pipeline {
             exporters: HashSet::new(),
             exported_service: HashMap::new(),
             provisional: VecDeque::new(),
+            h2: H2Connections::default(),
             span_grace,
             pods,
             boot_offset: boot_offset(),
@@ -106,12 +115,40 @@ impl Pipeline {
         };
         if event.data.starts_with(HTTP2_PREFACE) {
             self.h2_preface(&event);
+        }
+        if event.h2() || event.data.starts_with(HTTP2_PREFACE) {
+            for h2_event in self.h2.feed(&event) {
+                match h2_event {
+                    H2Event::Request(r) => {
+                        let protocol = if r.is_grpc() {
+                            Protocol::Grpc
+                        } else {
+                            Protocol::H2
+                        };
+                        let req = Request {
+                            method: r.method,
+                            path: r.path,
+                            trace: TraceHeaders { headers: r.headers },
+                            complete: true,
+                            protocol,
+                        };
+                        self.handle_request(&event, &req);
+                    }
+                    H2Event::Undetermined { .. } => self.counters.h2_undetermined += 1,
+                    H2Event::LostSync(_) => self.counters.h2_lost_sync += 1,
+                }
+            }
             return;
         }
         let Ok(req) = parse_request(&event.data) else {
             self.counters.parse_failures += 1;
             return;
         };
+        self.handle_request(&event, &req);
+    }
+
+    /// One request (HTTP/1 or one HTTP/2 stream's headers) of a captured event.
+    fn handle_request(&mut self, event: &CapturedEvent, req: &Request) {
         let at =
             SystemTime::UNIX_EPOCH + self.boot_offset + Duration::from_nanos(event.monotonic_ns);
         let info: ProcessInfo = self.processes.get(event.pid, &event.comm).clone();
@@ -127,7 +164,7 @@ impl Pipeline {
             return;
         }
         let instrumented = info.otel_env || self.exporters.contains(&event.pid);
-        let verdict = judge_outbound(&req, instrumented);
+        let verdict = judge_outbound(req, instrumented);
         match &verdict {
             Verdict::Telemetry => {
                 stats.telemetry_exports += 1;
@@ -138,7 +175,7 @@ impl Pipeline {
             Verdict::Undetermined => self.counters.undetermined += 1,
             Verdict::Clean | Verdict::Finding(..) => {}
         }
-        stats.count_outbound(propagation(&req));
+        stats.count_outbound(propagation(req));
         let peer = match event.peer {
             Some(peer) => Some(peer),
             None if info.exited => None,
@@ -146,12 +183,12 @@ impl Pipeline {
         };
         if let Some(tp) = req.trace.traceparent() {
             self.traces
-                .outbound(event.pid, at, tp, target(peer, &req), self.span_grace);
+                .outbound(event.pid, at, tp, target(peer, req), self.span_grace);
         }
         let Verdict::Finding(kind, evidence) = verdict else {
             return;
         };
-        let mut key = finding_key(kind, event.pid, Direction::Outbound, peer, &req);
+        let mut key = finding_key(kind, event.pid, Direction::Outbound, peer, req);
         key.tls = event.tls();
         if kind == FindingKind::UninstrumentedClient {
             // The process may export spans a moment later (SDKs export after the request):
@@ -194,17 +231,13 @@ impl Pipeline {
         }
     }
 
-    /// A connection starting HTTP/2: to the OTLP/gRPC port it is a span export (the process is
-    /// instrumented); otherwise it is counted until HTTP/2 decoding lands.
+    /// A connection starting HTTP/2 to the OTLP/gRPC port: the process exports spans (known
+    /// before its first export call is decoded, and even if that call cannot be).
     fn h2_preface(&mut self, event: &CapturedEvent) {
         if event.direction == Direction::Outbound
             && event.peer.is_some_and(|p| p.port() == OTLP_GRPC_PORT)
         {
-            self.counters.telemetry_exports += 1;
             self.exporters.insert(event.pid);
-            self.stats.entry(event.pid).or_default().telemetry_exports += 1;
-        } else {
-            self.counters.h2_connections += 1;
         }
     }
 
@@ -243,6 +276,10 @@ impl Pipeline {
                 method: "POST".into(),
                 path: path.into(),
                 tls: false,
+                protocol: match batch.transport {
+                    Transport::Grpc => crate::http::Protocol::Grpc,
+                    Transport::HttpProtobuf | Transport::HttpJson => crate::http::Protocol::Http1,
+                },
             };
             let info = self.processes.get(pid, "").clone();
             let subject = self.subject(&info);
@@ -265,6 +302,7 @@ impl Pipeline {
                 method: f.target.method,
                 path: f.target.path,
                 tls: false,
+                protocol: f.target.protocol,
             };
             self.findings.record(key, &subject, f.evidence, f.at);
         }
@@ -286,6 +324,7 @@ impl Pipeline {
         self.exporters.retain(|pid| alive(*pid));
         self.exported_service.retain(|pid, _| alive(*pid));
         self.traces.retain(alive);
+        self.h2.retain(alive);
         if self.stats.len() > crate::process::MAX_PROCESSES {
             self.stats.retain(|pid, _| alive(*pid));
         }
@@ -324,6 +363,7 @@ fn target(peer: Option<SocketAddr>, req: &Request) -> Target {
         peer,
         method: req.method.clone(),
         path: req.path.clone(),
+        protocol: req.protocol,
     }
 }
 

@@ -42,6 +42,7 @@ pub fn finding_json(f: &Finding) -> Value {
         "method": f.key.method,
         "path": f.key.path,
         "tls": f.key.tls,
+        "protocol": f.key.protocol.as_str(),
         "count": f.count,
         "first_seen": rfc3339(f.first_seen),
         "last_seen": rfc3339(f.last_seen),
@@ -97,7 +98,8 @@ pub fn counters_json(kernel: &KernelCounters, pipeline: &Pipeline) -> Value {
             "undetermined": a.undetermined,
             "process_unknown": a.process_unknown,
             "telemetry_exports": a.telemetry_exports,
-            "h2_connections": a.h2_connections,
+            "h2_undetermined": a.h2_undetermined,
+            "h2_lost_sync": a.h2_lost_sync,
             "export_batches": a.export_batches,
             "unattributed_batches": a.unattributed_batches,
             "traces": {
@@ -246,10 +248,15 @@ pub fn render_table(pipeline: &Pipeline, kernel: &KernelCounters) -> String {
         let mut m = std::collections::HashMap::<u32, Vec<String>>::new();
         for f in pipeline.findings.all() {
             m.entry(f.key.pid).or_default().push(format!(
-                "{}×{}{}",
+                "{}×{}{}{}",
                 f.key.kind.as_str(),
                 f.count,
-                if f.key.tls { "(tls)" } else { "" }
+                if f.key.tls { "(tls)" } else { "" },
+                match f.key.protocol {
+                    crate::http::Protocol::Http1 => "",
+                    crate::http::Protocol::H2 => "(h2)",
+                    crate::http::Protocol::Grpc => "(grpc)",
+                }
             ));
         }
         m

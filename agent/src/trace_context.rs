@@ -16,8 +16,10 @@ pub const B3_PARENT_SPAN_ID: &str = "x-b3-parentspanid";
 pub const B3_FLAGS: &str = "x-b3-flags";
 /// Jaeger.
 pub const UBER_TRACE_ID: &str = "uber-trace-id";
-/// Vendor formats: recognised as trace context, not as W3C.
+/// Vendor and legacy formats: recognised as trace context, not as W3C. `grpc-trace-bin` is
+/// OpenCensus's binary context in gRPC metadata (base64 on the wire).
 pub const VENDOR_HEADERS: &[&str] = &[
+    "grpc-trace-bin",
     "x-cloud-trace-context",
     "x-amzn-trace-id",
     "x-datadog-trace-id",

@@ -243,7 +243,7 @@ proptest! {
             let tp = TraceParent { version: 0, trace_id, parent_id, flags: 1 };
             match r >> 61 {
                 0 | 1 => state.inbound(pid, at, tp),
-                2 | 3 => state.outbound(pid, at, tp, Target { peer: None, method: "GET".into(), path: "/".into() }, Duration::from_secs(30)),
+                2 | 3 => state.outbound(pid, at, tp, Target { peer: None, method: "GET".into(), path: "/".into(), protocol: Default::default() }, Duration::from_secs(30)),
                 _ => {
                     let spans: Vec<ExportedSpan> = (0..(r % 8)).map(|k| ExportedSpan {
                         trace_id,

@@ -467,6 +467,20 @@ pub fn python_app(otlp_http: SocketAddr, service: &str, args: &[&str]) -> Comman
     cmd
 }
 
+/// The gRPC application (tests/fixtures/grpc_app.py: grpcio, optionally with the OpenTelemetry
+/// interceptors), exporting spans to `otlp_http` as `service`.
+pub fn grpc_app(otlp_http: SocketAddr, service: &str, args: &[&str]) -> Command {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/grpc_app.py");
+    let mut cmd = Command::new("python3");
+    cmd.arg(script)
+        .args(args)
+        .env("FIXTURE_OTLP_ENDPOINT", format!("http://{otlp_http}"))
+        .env("FIXTURE_SERVICE", service)
+        .env_remove("OTEL_SERVICE_NAME")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
+    cmd
+}
+
 /// Starts a fixture server and returns it with the port it printed ("listening PORT").
 #[track_caller]
 pub fn start_server(cmd: &mut Command) -> (ChildGuard, u16) {

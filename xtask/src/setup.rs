@@ -32,13 +32,17 @@ const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BPF_LINKER_VERSION: &str = "0.13";
 const MIN_BPF_RUSTC_MINOR: u32 = 96;
 
-/// The OpenTelemetry Python SDK, for the instrumented applications the end-to-end tests run
-/// (tests/fixtures/otel_app.py). Pinned so that test runs are repeatable.
+/// The OpenTelemetry Python SDK, grpcio and the OpenTelemetry gRPC interceptors, for the
+/// instrumented applications the end-to-end tests run (tests/fixtures/otel_app.py and
+/// grpc_app.py). Pinned so that test runs are repeatable.
 const PIP_PACKAGES: &[&str] = &[
     "opentelemetry-sdk==1.45.2",
     "opentelemetry-exporter-otlp-proto-http==1.45.2",
+    "grpcio==1.85.3",
+    "opentelemetry-instrumentation-grpc==0.66b2",
 ];
-const PIP_IMPORT_CHECK: &str = "import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http";
+const PIP_IMPORT_CHECK: &str = "import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http, \
+     grpc, opentelemetry.instrumentation.grpc";
 
 const TRACEFS: &str = "/sys/kernel/tracing";
 const BPFFS: &str = "/sys/fs/bpf";

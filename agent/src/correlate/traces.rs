@@ -51,6 +51,7 @@ pub struct Target {
     pub peer: Option<SocketAddr>,
     pub method: String,
     pub path: String,
+    pub protocol: crate::http::Protocol,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -78,6 +78,7 @@ pub fn finding_key(
         method: req.method.clone(),
         path: req.path.clone(),
         tls: false,
+        protocol: req.protocol,
     }
 }
 

@@ -106,6 +106,7 @@ mod tests {
                 method: "GET".into(),
                 path: "/".into(),
                 tls: false,
+                protocol: Default::default(),
             },
             subject: Subject::default(),
             count,

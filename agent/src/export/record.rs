@@ -106,6 +106,10 @@ pub fn attributes(f: &Finding, extra: &[(&'static str, String)]) -> Vec<(Key, An
     ));
     a.push((Key::from_static_str("tracegap.tls"), f.key.tls.into()));
     a.push((
+        Key::from_static_str("tracegap.protocol"),
+        f.key.protocol.as_str().into(),
+    ));
+    a.push((
         Key::from_static_str("tracegap.finding.count"),
         i64::try_from(f.count).unwrap_or(i64::MAX).into(),
     ));
@@ -147,6 +151,7 @@ mod tests {
                 method: "GET".into(),
                 path: "/api/cart".into(),
                 tls: false,
+                protocol: Default::default(),
             },
             subject: Subject {
                 comm: "python3".into(),

@@ -32,6 +32,7 @@ fn target() -> Target {
         peer: Some("127.0.0.1:9000".parse().expect("addr")),
         method: "GET".into(),
         path: "/downstream".into(),
+        protocol: Default::default(),
     }
 }
 
