@@ -29,6 +29,10 @@ pub const PEERS_ENTRIES: u32 = 65_536;
 /// Threads inside an OpenSSL read/write call (uprobe → uretprobe); an LRU map, so threads that
 /// died inside a call age out.
 pub const TLS_STASH_ENTRIES: u32 = 16_384;
+/// Goroutines inside Go's `crypto/tls.(*Conn).Read` (entry → return instruction). A server
+/// goroutine waits inside `Read` for the next request on its connection, so this bounds the open
+/// Go TLS connections followed at once; an LRU map, so the oldest waits age out.
+pub const GO_TLS_STASH_ENTRIES: u32 = 16_384;
 pub const COMM_LEN: usize = 16;
 
 /// Names of the load-time globals in the eBPF object (set with `EbpfLoader::set_global`).
@@ -65,6 +69,10 @@ pub mod syscall {
     /// Not a request: a process called execve (`sched_process_exec`); header only, no payload.
     /// The agent checks the new executable for TLS functions to probe (e.g. Node's OpenSSL).
     pub const EXEC: u8 = 12;
+    /// Go `crypto/tls.(*Conn).Write` and `(*Conn).Read` (uprobes, register ABI): plaintext,
+    /// with [`super::flags::TLS`].
+    pub const GO_TLS_WRITE: u8 = 13;
+    pub const GO_TLS_READ: u8 = 14;
 }
 
 /// Bits of [`EventHeader::flags`].

@@ -7,6 +7,7 @@
 #![no_main]
 
 mod capture;
+mod gotls;
 mod recv;
 mod send;
 mod socket;
