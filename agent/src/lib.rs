@@ -7,6 +7,7 @@ pub mod cli;
 pub mod correlate;
 pub mod export;
 pub mod findings;
+pub mod gotls;
 pub mod http;
 pub mod k8s;
 pub mod otlp;
