@@ -435,14 +435,17 @@ mod tests {
     }
 
     /// `go` with the build cache in a temporary directory (kept between runs: building
-    /// net/http from nothing takes a while), no modules and no toolchain downloads.
+    /// net/http from nothing takes a while), no modules and no toolchain downloads. Same
+    /// settings as tests/tests/tls.rs.
     fn go(dir: &Path) -> Command {
         let mut cmd = Command::new("go");
         cmd.env("GOCACHE", std::env::temp_dir().join("tracegap-go-cache"))
             .env("GOPATH", dir.join("gopath"))
             .env("GO111MODULE", "off")
             .env("GOTOOLCHAIN", "local")
-            .env("GOFLAGS", "");
+            .env("GOFLAGS", "")
+            // A pure Go build: no C compiler needed, and how Go services usually ship.
+            .env("CGO_ENABLED", "0");
         cmd
     }
 

@@ -23,6 +23,8 @@ const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "bpftool",
     "python3",
+    // Go's crypto/tls capture tests build a Go HTTPS client and server (Go 1.19 on bookworm).
+    "golang-go",
 ];
 
 /// The compiler used for the eBPF crate (see agent/build.rs).
