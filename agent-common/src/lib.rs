@@ -73,6 +73,9 @@ pub mod syscall {
     /// with [`super::flags::TLS`].
     pub const GO_TLS_WRITE: u8 = 13;
     pub const GO_TLS_READ: u8 = 14;
+    /// Not an event id: the attach cookie of the uprobes on the `RET`s of Go's `(*Conn).Read`
+    /// (the Go program tells its three kinds of probe apart by cookie).
+    pub const GO_TLS_READ_RETURN_COOKIE: u64 = 0x100 | GO_TLS_READ as u64;
 }
 
 /// Bits of [`EventHeader::flags`].

@@ -11,12 +11,18 @@
 //! Write is captured at entry (the bytes are all there). Read's bytes exist only when it returns,
 //! and uretprobes crash Go programs (the return address they plant on the stack breaks when the
 //! goroutine's stack is moved; shared/EBPF-TOOLCHAIN.md): the agent attaches
-//! [`tracegap_go_tls_read_ret`] to every `RET` instruction of `Read` instead. The call is stashed
+//! [`tracegap_go_tls`] to every `RET` instruction of `Read` instead. The call is stashed
 //! at entry keyed by goroutine, not thread: a goroutine can enter on one thread and return on
 //! another.
 
 use agent_common::{counter, direction, syscall, GO_TLS_STASH_ENTRIES, MIN_REQUEST_LEN};
-use aya_ebpf::{macros::map, macros::uprobe, maps::LruHashMap, programs::ProbeContext};
+use aya_ebpf::{
+    helpers::generated::bpf_get_attach_cookie,
+    macros::{map, uprobe},
+    maps::LruHashMap,
+    programs::ProbeContext,
+    EbpfContext as _,
+};
 
 use crate::{
     capture::{capture, read_user, Source, Syscall},
@@ -49,24 +55,19 @@ const _: () = assert!(core::mem::size_of::<GoRead>() == 24);
 static GO_TLS_READS: LruHashMap<GoroutineKey, GoRead> =
     LruHashMap::with_max_entries(GO_TLS_STASH_ENTRIES, 0);
 
-/// Entry of `crypto/tls.(*Conn).Write`.
+/// Attached to the entry of `crypto/tls.(*Conn).Write` (cookie `GO_TLS_WRITE`), the entry of
+/// `(*Conn).Read` (`GO_TLS_READ`) and each `RET` of `Read` (`GO_TLS_READ_RETURN_COOKIE`): one
+/// program, so that one `uprobe_multi` link per executable carries them all.
 #[uprobe]
-pub fn tracegap_go_tls_write(ctx: ProbeContext) -> u32 {
-    let _ignored = try_write(&ctx);
-    0
-}
-
-/// Entry of `crypto/tls.(*Conn).Read`.
-#[uprobe]
-pub fn tracegap_go_tls_read(ctx: ProbeContext) -> u32 {
-    let _ignored = try_read_entry(&ctx);
-    0
-}
-
-/// Each `RET` instruction of `crypto/tls.(*Conn).Read`.
-#[uprobe]
-pub fn tracegap_go_tls_read_ret(ctx: ProbeContext) -> u32 {
-    let _ignored = try_read_ret(&ctx);
+pub fn tracegap_go_tls(ctx: ProbeContext) -> u32 {
+    // SAFETY: the helper only reads the cookie of the running program's link.
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let _ignored = match cookie {
+        c if c == u64::from(syscall::GO_TLS_WRITE) => try_write(&ctx),
+        c if c == u64::from(syscall::GO_TLS_READ) => try_read_entry(&ctx),
+        syscall::GO_TLS_READ_RETURN_COOKIE => try_read_ret(&ctx),
+        _ => Err(()),
+    };
     0
 }
 

@@ -22,14 +22,18 @@ use aya::{
 use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, Register};
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _, SectionKind};
 
-use crate::tls::{attach, chain, Mapped, TlsError};
+use agent_common::syscall;
+
+use crate::{
+    tls::{attach, chain, Mapped, TlsError},
+    uprobe_multi::{MultiLink, MultiProgram},
+};
 
 mod pclntab;
 use pclntab::Pclntab;
 
-pub const WRITE_PROGRAM: &str = "tracegap_go_tls_write";
-pub const READ_PROGRAM: &str = "tracegap_go_tls_read";
-pub const READ_RET_PROGRAM: &str = "tracegap_go_tls_read_ret";
+/// One program for every Go probe, told apart by the attach cookie.
+pub const PROGRAM: &str = "tracegap_go_tls";
 pub const WRITE_FN: &str = "crypto/tls.(*Conn).Write";
 pub const READ_FN: &str = "crypto/tls.(*Conn).Read";
 /// More `RET`s than this in `Read` means the decoding is not what we think (Go 1.19 has 7).
@@ -92,25 +96,44 @@ pub enum Inspection {
 #[derive(Default)]
 pub struct GoProbes {
     probed: Vec<PathBuf>,
-    /// Perf-event uprobe links (one per probed instruction), detached on drop.
-    links: Vec<UProbeLink>,
+    /// The program loaded for `uprobe_multi` links (one link per executable, see
+    /// uprobe_multi.rs), unless the kernel refused it; else perf-event uprobes, one per offset.
+    multi: Option<MultiProgram>,
+    links: Vec<GoLink>,
     /// Go executables skipped because they predate the register ABI.
     too_old: usize,
 }
 
-/// Loads the Go uprobe programs (attached per file later).
-pub fn load(ebpf: &mut Ebpf) -> Result<(), TlsError> {
-    for name in [WRITE_PROGRAM, READ_PROGRAM, READ_RET_PROGRAM] {
-        let program: &mut UProbe = ebpf
-            .program_mut(name)
-            .ok_or(TlsError::MissingProgram(name))?
-            .try_into()
-            .map_err(|source| TlsError::Program { name, source })?;
-        program
-            .load()
-            .map_err(|source| TlsError::Program { name, source })?;
+enum GoLink {
+    Multi(#[allow(dead_code, reason = "held for its Drop")] MultiLink),
+    Perf(#[allow(dead_code, reason = "held for its Drop")] UProbeLink),
+}
+
+/// Loads the Go uprobe program (attached per file later): for `uprobe_multi` when the kernel
+/// has it, else as a perf-event uprobe.
+pub fn load(ebpf: &mut Ebpf, object: &[u8]) -> Result<GoProbes, TlsError> {
+    let mut probes = GoProbes::default();
+    match crate::uprobe_multi::load(ebpf, object, &[PROGRAM]) {
+        Ok(programs) => probes.multi = programs.into_iter().next(),
+        Err(e) => log::info!("Go TLS: per-offset uprobes ({})", chain(&e)),
     }
-    Ok(())
+    if probes.multi.is_none() {
+        load_perf(ebpf)?;
+    }
+    Ok(probes)
+}
+
+fn load_perf(ebpf: &mut Ebpf) -> Result<(), TlsError> {
+    let name = PROGRAM;
+    let program: &mut UProbe = ebpf
+        .program_mut(name)
+        .ok_or(TlsError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| TlsError::Program { name, source })?;
+    match program.load() {
+        Ok(()) | Err(aya::programs::ProgramError::AlreadyLoaded) => Ok(()),
+        Err(source) => Err(TlsError::Program { name, source }),
+    }
 }
 
 impl GoProbes {
@@ -162,33 +185,72 @@ impl GoProbes {
             );
             return;
         }
-        let links = &mut self.links;
-        let before = links.len();
-        let targets = [
-            (WRITE_PROGRAM, go.write.file_offset),
-            (READ_PROGRAM, go.read.file_offset),
+        let (offsets, cookies): (Vec<u64>, Vec<u64>) = [
+            (go.write.file_offset, u64::from(syscall::GO_TLS_WRITE)),
+            (go.read.file_offset, u64::from(syscall::GO_TLS_READ)),
         ]
         .into_iter()
-        .chain(go.read_returns.iter().map(|&o| (READ_RET_PROGRAM, o)));
-        for (name, offset) in targets {
-            match attach(ebpf, name, path, offset, None) {
-                Ok(link) => links.push(link),
+        .chain(
+            go.read_returns
+                .iter()
+                .map(|&o| (o, syscall::GO_TLS_READ_RETURN_COOKIE)),
+        )
+        .unzip();
+        let before = self.links.len();
+        if !self.attach_multi(path, &offsets, &cookies) {
+            self.attach_perf(ebpf, path, &offsets, &cookies);
+        }
+        if self.links.len() > before {
+            log::info!(
+                "Go TLS probes on {} ({}, {} offsets, {} links, {} ms)",
+                path.display(),
+                go.version,
+                offsets.len(),
+                self.links.len() - before,
+                started.elapsed().as_millis()
+            );
+            self.probed.push(path.to_owned());
+        }
+    }
+}
+
+impl GoProbes {
+    /// One `uprobe_multi` link for all offsets; false when the kernel refused (then perf-event
+    /// uprobes are used from now on).
+    fn attach_multi(&mut self, path: &Path, offsets: &[u64], cookies: &[u64]) -> bool {
+        let Some(multi) = &self.multi else {
+            return false;
+        };
+        match multi.attach(path, offsets, cookies, false) {
+            Ok(link) => {
+                self.links.push(GoLink::Multi(link));
+                true
+            }
+            Err(e) => {
+                log::warn!(
+                    "Go TLS: uprobe_multi refused, using per-offset uprobes: {}",
+                    chain(&e)
+                );
+                self.multi = None;
+                false
+            }
+        }
+    }
+
+    fn attach_perf(&mut self, ebpf: &mut Ebpf, path: &Path, offsets: &[u64], cookies: &[u64]) {
+        if let Err(e) = load_perf(ebpf) {
+            log::warn!("Go TLS: {}", chain(&e));
+            return;
+        }
+        for (&offset, &cookie) in offsets.iter().zip(cookies) {
+            match attach(ebpf, PROGRAM, path, offset, Some(cookie)) {
+                Ok(link) => self.links.push(GoLink::Perf(link)),
                 Err(e) => log::warn!(
-                    "attaching {name} at {offset:#x} in {} failed: {}",
+                    "attaching {PROGRAM} at {offset:#x} in {} failed: {}",
                     path.display(),
                     chain(&e)
                 ),
             }
-        }
-        if links.len() > before {
-            log::info!(
-                "Go TLS probes on {} ({}, {} links, {} ms)",
-                path.display(),
-                go.version,
-                links.len() - before,
-                started.elapsed().as_millis()
-            );
-            self.probed.push(path.to_owned());
         }
     }
 }

@@ -187,7 +187,7 @@ pub fn load(ebpf: &mut Ebpf, object: &[u8]) -> Result<TlsProbes, TlsError> {
     if probes.multi.is_none() {
         load_perf_programs(ebpf)?;
     }
-    crate::gotls::load(ebpf)?;
+    probes.go = crate::gotls::load(ebpf, object)?;
     Ok(probes)
 }
 
