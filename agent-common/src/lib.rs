@@ -37,6 +37,10 @@ pub const H2_CONNS_ENTRIES: u32 = 16_384;
 /// power of two). A shared slot only costs the other process a hash lookup per syscall.
 pub const H2_PROCS_ENTRIES: u32 = 4096;
 const _: () = assert!(H2_PROCS_ENTRIES.is_power_of_two());
+/// Goroutines inside Go's `crypto/tls.(*Conn).Read` (entry → return instruction). A server
+/// goroutine waits inside `Read` for the next request on its connection, so this bounds the open
+/// Go TLS connections followed at once; an LRU map, so the oldest waits age out.
+pub const GO_TLS_STASH_ENTRIES: u32 = 16_384;
 pub const COMM_LEN: usize = 16;
 
 /// Names of the load-time globals in the eBPF object (set with `EbpfLoader::set_global`).
@@ -74,6 +78,13 @@ pub mod syscall {
     /// Not a request: a process called execve (`sched_process_exec`); header only, no payload.
     /// The agent checks the new executable for TLS functions to probe (e.g. Node's OpenSSL).
     pub const EXEC: u8 = 12;
+    /// Go `crypto/tls.(*Conn).Write` and `(*Conn).Read` (uprobes, register ABI): plaintext,
+    /// with [`super::flags::TLS`].
+    pub const GO_TLS_WRITE: u8 = 13;
+    pub const GO_TLS_READ: u8 = 14;
+    /// Not an event id: the attach cookie of the uprobes on the `RET`s of Go's `(*Conn).Read`
+    /// (the Go program tells its three kinds of probe apart by cookie).
+    pub const GO_TLS_READ_RETURN_COOKIE: u64 = 0x100 | GO_TLS_READ as u64;
 }
 
 /// Bits of [`EventHeader::flags`].

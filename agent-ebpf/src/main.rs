@@ -7,6 +7,7 @@
 #![no_main]
 
 mod capture;
+mod gotls;
 mod h2;
 mod recv;
 mod send;

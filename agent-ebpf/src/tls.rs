@@ -117,10 +117,13 @@ const fn is_write(kind: u8) -> bool {
     kind == syscall::SSL_WRITE || kind == syscall::SSL_WRITE_EX
 }
 
-/// `flags::TLS` for events from the `SSL_*` probes.
+/// `flags::TLS` for events from the `SSL_*` probes and the Go `crypto/tls` probes (gotls.rs).
 #[inline(always)]
 pub const fn flag(kind: u8) -> u8 {
-    if kind >= syscall::SSL_WRITE && kind <= syscall::SSL_READ_EX {
+    if (kind >= syscall::SSL_WRITE && kind <= syscall::SSL_READ_EX)
+        || kind == syscall::GO_TLS_WRITE
+        || kind == syscall::GO_TLS_READ
+    {
         flags::TLS
     } else {
         0

@@ -179,7 +179,7 @@ const COALESCE: std::time::Duration = std::time::Duration::from_millis(10);
 
 impl Capture {
     /// Loads the programs with the agent's own pid excluded and attaches them all.
-    pub fn start(capture_bytes: u32, ring_bytes: u32) -> Result<Self, CaptureError> {
+    pub fn start(capture_bytes: u32, ring_bytes: u32, tls: bool) -> Result<Self, CaptureError> {
         if BPF_OBJECT.is_empty() {
             return Err(CaptureError::NoObject);
         }
@@ -229,13 +229,20 @@ impl Capture {
                 })?;
             attached += 1;
         }
-        let mut tls = crate::tls::load(&mut ebpf, BPF_OBJECT).map_err(CaptureError::Tls)?;
-        tls.scan_all(&mut ebpf);
-        log::info!(
-            "TLS: {} uprobe links on {} OpenSSL files",
-            tls.links(),
-            tls.probed().len()
-        );
+        let tls = if tls {
+            let mut tls = crate::tls::load(&mut ebpf, BPF_OBJECT).map_err(CaptureError::Tls)?;
+            tls.scan_all(&mut ebpf);
+            log::info!(
+                "TLS: {} uprobe links on {} OpenSSL files and {} Go executables",
+                tls.links(),
+                tls.probed().len(),
+                tls.go_probed().len()
+            );
+            tls
+        } else {
+            log::info!("TLS capture off (--tls off): no uprobes");
+            crate::tls::TlsProbes::disabled()
+        };
         let events = RingBuf::try_from(
             ebpf.take_map(MAP_EVENTS)
                 .ok_or(CaptureError::MissingMap(MAP_EVENTS))?,

@@ -78,6 +78,11 @@ pub struct Args {
     #[arg(long, default_value = "30s", value_parser = parse_secs)]
     pub otlp_body_timeout: Duration,
 
+    /// Capture HTTPS plaintext with uprobes in OpenSSL and Go's crypto/tls ("off": no TLS
+    /// uprobes at all; HTTPS requests are then not seen).
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    pub tls: Switch,
+
     /// Stop after this long (for scripts and benchmarks).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod correlate;
 pub mod export;
 pub mod findings;
+pub mod gotls;
 pub mod h2;
 pub mod h2_conns;
 pub mod http;

@@ -56,7 +56,7 @@ pub async fn run(args: Args, shutdown: impl Future<Output = ()>) -> anyhow::Resu
     } else {
         Output::Json
     });
-    let mut capture = Capture::start(args.capture_bytes, args.ring_buffer_bytes)
+    let mut capture = Capture::start(args.capture_bytes, args.ring_buffer_bytes, args.tls.is_on())
         .context("starting the kernel capture")?;
     let (export_tx, mut export_rx) = mpsc::channel(EXPORT_QUEUE);
     let receiver_stats = Arc::new(ReceiverStats::default());

@@ -85,13 +85,13 @@ enum ElfError {
 /// A file mapped read-only. Reading symbol names through `object::ReadCache` costs a read(2)
 /// per name: ~100 ms for Node's 100k dynamic symbols, longer than Node takes from exec to its
 /// first request. Mapped, pages fault in on demand.
-struct Mapped {
+pub(crate) struct Mapped {
     ptr: *mut libc::c_void,
     len: usize,
 }
 
 impl Mapped {
-    fn new(file: &File) -> std::io::Result<Self> {
+    pub(crate) fn new(file: &File) -> std::io::Result<Self> {
         use std::os::fd::AsRawFd as _;
         let len = usize::try_from(file.metadata()?.len()).map_err(std::io::Error::other)?;
         if len == 0 {
@@ -114,7 +114,7 @@ impl Mapped {
         Ok(Self { ptr, len })
     }
 
-    fn bytes(&self) -> &[u8] {
+    pub(crate) fn bytes(&self) -> &[u8] {
         // SAFETY: `ptr` maps `len` readable bytes until drop. A file rewritten in place while
         // mapped could change under the parser, which bounds-checks everything it reads;
         // executables and libraries are replaced by rename, not rewritten.
@@ -143,6 +143,10 @@ pub struct TlsProbes {
     /// The `uprobe_multi` programs, unless the kernel refused them.
     multi: Option<MultiPrograms>,
     last_scan: Option<Instant>,
+    /// Go executables (crypto/tls), checked for every file that is not an OpenSSL.
+    go: crate::gotls::GoProbes,
+    /// `--tls off`: no scans, no probes.
+    disabled: bool,
 }
 
 struct MultiPrograms {
@@ -183,6 +187,7 @@ pub fn load(ebpf: &mut Ebpf, object: &[u8]) -> Result<TlsProbes, TlsError> {
     if probes.multi.is_none() {
         load_perf_programs(ebpf)?;
     }
+    probes.go = crate::gotls::load(ebpf, object)?;
     Ok(probes)
 }
 
@@ -201,17 +206,33 @@ fn load_perf_programs(ebpf: &mut Ebpf) -> Result<(), TlsError> {
 }
 
 impl TlsProbes {
+    /// For `--tls off`: never scans nor probes.
+    pub fn disabled() -> Self {
+        Self {
+            disabled: true,
+            ..Self::default()
+        }
+    }
+
+    /// Go executables probed so far.
+    pub fn go_probed(&self) -> &[PathBuf] {
+        self.go.probed()
+    }
+
     /// Files probed so far.
     pub fn probed(&self) -> &[PathBuf] {
         &self.probed
     }
 
     pub fn links(&self) -> usize {
-        self.links.len()
+        self.links.len() + self.go.links()
     }
 
     /// The host's libssl, then everything running processes map or execute.
     pub fn scan_all(&mut self, ebpf: &mut Ebpf) {
+        if self.disabled {
+            return;
+        }
         for dir in LIB_DIRS {
             let Ok(entries) = std::fs::read_dir(dir) else {
                 continue;
@@ -228,7 +249,7 @@ impl TlsProbes {
 
     /// [`TlsProbes::scan_all`]'s process part, at most every [`RESCAN_EVERY`].
     pub fn rescan_if_due(&mut self, ebpf: &mut Ebpf) {
-        if self.last_scan.is_some_and(|t| t.elapsed() < RESCAN_EVERY) {
+        if self.disabled || self.last_scan.is_some_and(|t| t.elapsed() < RESCAN_EVERY) {
             return;
         }
         let started = Instant::now();
@@ -239,6 +260,9 @@ impl TlsProbes {
 
     /// A process called execve: probe its executable if it carries OpenSSL.
     pub fn on_exec(&mut self, ebpf: &mut Ebpf, pid: u32) {
+        if self.disabled {
+            return;
+        }
         let started = Instant::now();
         self.consider_exe(ebpf, pid);
         log::debug!("exec of {pid} checked in {:?}", started.elapsed());
@@ -286,7 +310,10 @@ impl TlsProbes {
         let started = Instant::now();
         let offsets = match ssl_offsets(path) {
             Ok(Some(offsets)) => offsets,
-            Ok(None) => return,
+            Ok(None) => {
+                self.go.consider(ebpf, path);
+                return;
+            }
             Err(e) => {
                 log::debug!("not probing {}: {e}", path.display());
                 return;
@@ -394,7 +421,7 @@ fn in_root_of(pid: u32, path: &Path) -> PathBuf {
     }
 }
 
-fn attach(
+pub(crate) fn attach(
     ebpf: &mut Ebpf,
     name: &'static str,
     path: &Path,
@@ -422,7 +449,7 @@ fn attach(
 }
 
 /// An error with its sources, for one log line.
-fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut source = e.source();
     while let Some(inner) = source {

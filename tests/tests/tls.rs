@@ -228,3 +228,125 @@ fn tls_node_https_get_is_seen_through_its_static_openssl() {
     assert_eq!(f["comm"], "node", "{f}");
     assert_eq!(f["exe"], "/usr/bin/node", "{f}");
 }
+
+/// Builds tests/fixtures/go_tls (a net/http HTTPS client and server, standard library only)
+/// into `dir`, with these `-ldflags`. Same settings as the unit tests in agent/src/gotls.rs.
+#[track_caller]
+fn go_build(dir: &Path, name: &str, ldflags: &str) -> PathBuf {
+    let exe = dir.join(name);
+    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/go_tls/main.go");
+    let out = Command::new("go")
+        .args(["build", "-ldflags", ldflags, "-o"])
+        .arg(&exe)
+        .arg(source)
+        // The build cache outlives the test (net/http from nothing takes a while); no modules,
+        // no toolchain downloads, no C compiler.
+        .env("GOCACHE", std::env::temp_dir().join("tracegap-go-cache"))
+        .env("GOPATH", dir.join("gopath"))
+        .env("GO111MODULE", "off")
+        .env("GOTOOLCHAIN", "local")
+        .env("GOFLAGS", "")
+        .env("CGO_ENABLED", "0")
+        .output()
+        .expect("the Go tests need `go` (golang-go, installed by `cargo xtask setup`)");
+    assert!(
+        out.status.success(),
+        "go build failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    exe
+}
+
+fn go_client(exe: &Path, url: &str, traceparent: Option<&str>) -> Command {
+    let mut cmd = Command::new(exe);
+    cmd.args(["client", url]).args(traceparent);
+    cmd
+}
+
+#[test]
+fn tls_go_client_requests_are_judged_stripped_or_not() {
+    let dir = TempDir::new();
+    let plain = go_build(&dir.0, "goplain", "");
+    // No symbol table: the agent finds crypto/tls through .gopclntab.
+    let stripped = go_build(&dir.0, "gostripped", "-s -w");
+    let server = TlsServer::start();
+    let agent = agent();
+
+    // The client waits 300 ms before its request: the agent probes a new executable when it
+    // execs, which takes tens of milliseconds (README, TLS, not covered).
+    let instrumented = run_client(
+        go_client(&plain, &server.url("/go?token=SECRET"), None)
+            .env("OTEL_SERVICE_NAME", "go-checkout"),
+    );
+    let traced = run_client(&mut go_client(
+        &stripped,
+        &server.url("/go-traced"),
+        Some(TRACEPARENT),
+    ));
+    let bare = run_client(&mut go_client(&stripped, &server.url("/go-bare"), None));
+
+    let stderr = agent.stderr();
+    let lines = agent.stop();
+    let f = assert_tls_finding(&lines, instrumented, "missing_traceparent", "/go");
+    assert_eq!(f["service_name"], "go-checkout", "{f}");
+    assert_eq!(f["comm"], "goplain", "{f}");
+    // The socket comes from the tls.Conn (net.Conn → *net.TCPConn → netFD → Sysfd).
+    assert_eq!(f["peer"], server.peer().as_str(), "{f}");
+
+    assert_eq!(
+        kinds_of(&lines, traced),
+        Vec::<String>::new(),
+        "valid traceparent over Go TLS:\n{}",
+        show(&lines)
+    );
+    let coverage = lines
+        .iter()
+        .rev()
+        .find(|l| l["kind"] == "coverage" && l["pid"] == traced)
+        .unwrap_or_else(|| {
+            panic!(
+                "no coverage line for the traced Go client:\n{}",
+                show(&lines)
+            )
+        });
+    assert_eq!(coverage["with_context"], 1, "{coverage}");
+
+    let f = assert_tls_finding(&lines, bare, "uninstrumented_client", "/go-bare");
+    assert_eq!(f["peer"], server.peer().as_str(), "{f}");
+    assert!(!show(&lines).contains("SECRET"), "{}", show(&lines));
+    for exe in [&plain, &stripped] {
+        assert!(
+            stderr.contains(&format!("Go TLS probes on {}", exe.display())),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn tls_off_attaches_no_tls_probes() {
+    let dir = TempDir::new();
+    let client = go_build(&dir.0, "goclient", "");
+    let server = TlsServer::start();
+    let agent = Agent::start(&[
+        "--tls",
+        "off",
+        "--otlp-grpc-listen",
+        "off",
+        "--otlp-http-listen",
+        "off",
+    ]);
+    let go = run_client(&mut go_client(&client, &server.url("/go-off"), None));
+    let curl = run_client(&mut curl(&server.url("/curl-off"), &[]));
+    let stderr = agent.stderr();
+    let lines = agent.stop();
+    for pid in [go, curl] {
+        assert!(
+            lines.iter().all(|l| l["pid"] != pid),
+            "pid {pid} was seen with --tls off:\n{}",
+            show(&lines)
+        );
+    }
+    assert!(stderr.contains("TLS capture off"), "{stderr}");
+    assert!(!stderr.contains("probes on"), "{stderr}");
+}

@@ -24,6 +24,9 @@ const APT_PACKAGES: &[&str] = &[
     "bpftool",
     "python3",
 ];
+/// Only for the tests, not in the image (deploy/Dockerfile): Go's crypto/tls capture tests build
+/// a Go HTTPS client and server (Go 1.19 on bookworm).
+const TEST_APT_PACKAGES: &[&str] = &["golang-go"];
 
 /// The compiler used for the eBPF crate (see agent/build.rs).
 pub const BPF_RUSTC: &str = "/usr/bin/rustc";
@@ -166,12 +169,14 @@ fn missing_apt_packages() -> Result<Vec<String>> {
     let output = Command::new("dpkg-query")
         .args(["-W", "-f=${Package} ${db:Status-Abbrev}\n"])
         .args(APT_PACKAGES)
+        .args(TEST_APT_PACKAGES)
         .output()
         .context("failed to run dpkg-query: is this a Debian machine?")?;
     // dpkg-query exits 1 when some package is unknown; the listed lines are still valid.
     let listed = String::from_utf8_lossy(&output.stdout);
     Ok(APT_PACKAGES
         .iter()
+        .chain(TEST_APT_PACKAGES)
         .filter(|pkg| {
             !listed.lines().any(|line| {
                 let mut parts = line.split_whitespace();

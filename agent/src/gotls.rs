@@ -1,0 +1,624 @@
+//! Go executables: finds `crypto/tls.(*Conn).Write` and `crypto/tls.(*Conn).Read` and attaches
+//! the Go TLS uprobes (agent-ebpf/src/gotls.rs) to them, once per file.
+//!
+//! Go links its TLS stack statically and exports nothing, so the functions are located in the
+//! binary itself: through `.symtab` when present, else through `.gopclntab`, the function table
+//! the Go runtime needs for stack unwinding, which survives `-ldflags='-s -w'` and `strip`.
+//! `Read` returns its bytes, and uretprobes crash Go programs (moving stacks), so its `RET`
+//! instructions are found by decoding the function (iced-x86) and each gets a uprobe.
+//!
+//! The probes read arguments from registers: Go's internal register ABI, amd64 only, Go ≥ 1.17.
+//! Every check that fails means no probe, never a guess: a uprobe at an address that is not an
+//! instruction boundary would corrupt the program. Both functions must begin with Go's stack
+//! bound check against the goroutine in R14 (`CMP ..., 0x10(R14)`), which confirms the entry,
+//! and that R14 holds the goroutine the kernel side keys `Read` by.
+
+use std::path::{Path, PathBuf};
+
+use aya::{
+    programs::{uprobe::UProbeLink, UProbe},
+    Ebpf,
+};
+use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, Register};
+use object::{Object as _, ObjectSection as _, ObjectSymbol as _, SectionKind};
+
+use agent_common::syscall;
+
+use crate::{
+    tls::{attach, chain, Mapped, TlsError},
+    uprobe_multi::{MultiLink, MultiProgram},
+};
+
+mod pclntab;
+use pclntab::Pclntab;
+
+/// One program for every Go probe, told apart by the attach cookie.
+pub const PROGRAM: &str = "tracegap_go_tls";
+pub const WRITE_FN: &str = "crypto/tls.(*Conn).Write";
+pub const READ_FN: &str = "crypto/tls.(*Conn).Read";
+/// More `RET`s than this in `Read` means the decoding is not what we think (Go 1.19 has 7).
+const MAX_RETURNS: usize = 64;
+/// Go executables probed at most.
+const MAX_PROBED: usize = 512;
+
+/// Why a file that looked like a Go executable was not probed.
+#[derive(Debug, thiserror::Error)]
+pub enum GoError {
+    #[error("opening it failed")]
+    Open(#[source] std::io::Error),
+    #[error("it is not a readable ELF file")]
+    Elf(#[source] object::Error),
+    #[error(".gopclntab is malformed ({0})")]
+    Pclntab(&'static str),
+    #[error("{0} has no file bytes")]
+    Unmapped(&'static str),
+    #[error("{0} does not start with Go's stack check against R14")]
+    Prologue(&'static str),
+    #[error("{function} has an undecodable instruction at {address:#x}")]
+    Decode {
+        function: &'static str,
+        address: u64,
+    },
+    #[error("{READ_FN} has {0} return instructions")]
+    Returns(usize),
+}
+
+/// One function: virtual address, size, and where its first byte is in the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Function {
+    pub address: u64,
+    pub size: u64,
+    pub file_offset: u64,
+}
+
+/// What the probes need from a Go executable, as file offsets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GoTls {
+    /// `runtime.buildVersion` (e.g. `go1.19.8`), or "go1.18+" from the pclntab format alone.
+    pub version: String,
+    pub write: Function,
+    pub read: Function,
+    /// File offsets of the `RET` instructions of `Read`.
+    pub read_returns: Vec<u64>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Inspection {
+    NotGo,
+    /// Go before 1.17: stack-based calling convention, which the probes do not read.
+    TooOld(String),
+    /// A Go program without `crypto/tls` (or with the functions inlined away).
+    NoTls(String),
+    Probe(GoTls),
+}
+
+/// Go TLS probes attached so far.
+#[derive(Default)]
+pub struct GoProbes {
+    probed: Vec<PathBuf>,
+    /// The program loaded for `uprobe_multi` links (one link per executable, see
+    /// uprobe_multi.rs), unless the kernel refused it; else perf-event uprobes, one per offset.
+    multi: Option<MultiProgram>,
+    links: Vec<GoLink>,
+    /// Go executables skipped because they predate the register ABI.
+    too_old: usize,
+}
+
+enum GoLink {
+    Multi(#[allow(dead_code, reason = "held for its Drop")] MultiLink),
+    Perf(#[allow(dead_code, reason = "held for its Drop")] UProbeLink),
+}
+
+/// Loads the Go uprobe program (attached per file later): for `uprobe_multi` when the kernel
+/// has it, else as a perf-event uprobe.
+pub fn load(ebpf: &mut Ebpf, object: &[u8]) -> Result<GoProbes, TlsError> {
+    let mut probes = GoProbes::default();
+    match crate::uprobe_multi::load(ebpf, object, &[PROGRAM]) {
+        Ok(programs) => probes.multi = programs.into_iter().next(),
+        Err(e) => log::info!("Go TLS: per-offset uprobes ({})", chain(&e)),
+    }
+    if probes.multi.is_none() {
+        load_perf(ebpf)?;
+    }
+    Ok(probes)
+}
+
+fn load_perf(ebpf: &mut Ebpf) -> Result<(), TlsError> {
+    let name = PROGRAM;
+    let program: &mut UProbe = ebpf
+        .program_mut(name)
+        .ok_or(TlsError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| TlsError::Program { name, source })?;
+    match program.load() {
+        Ok(()) | Err(aya::programs::ProgramError::AlreadyLoaded) => Ok(()),
+        Err(source) => Err(TlsError::Program { name, source }),
+    }
+}
+
+impl GoProbes {
+    pub fn probed(&self) -> &[PathBuf] {
+        &self.probed
+    }
+
+    pub fn too_old(&self) -> usize {
+        self.too_old
+    }
+
+    pub fn links(&self) -> usize {
+        self.links.len()
+    }
+
+    /// Probes `path` if it is a Go executable with `crypto/tls`. Called once per file (device +
+    /// inode) by `TlsProbes`.
+    pub fn consider(&mut self, ebpf: &mut Ebpf, path: &Path) {
+        if !cfg!(target_arch = "x86_64") {
+            return;
+        }
+        let started = std::time::Instant::now();
+        let go = match inspect_path(path) {
+            Ok(Inspection::Probe(go)) => go,
+            Ok(Inspection::NotGo) => return,
+            Ok(Inspection::NoTls(version)) => {
+                log::debug!("{} ({version}) has no crypto/tls", path.display());
+                return;
+            }
+            Ok(Inspection::TooOld(version)) => {
+                self.too_old += 1;
+                log::info!(
+                    "not probing {}: built with {version}, Go TLS capture needs Go >= 1.17 \
+                     ({} such executables so far)",
+                    path.display(),
+                    self.too_old
+                );
+                return;
+            }
+            Err(e) => {
+                log::warn!("not probing Go TLS in {}: {}", path.display(), chain(&e));
+                return;
+            }
+        };
+        if self.probed.len() >= MAX_PROBED {
+            log::warn!(
+                "not probing {}: already {MAX_PROBED} Go executables probed",
+                path.display()
+            );
+            return;
+        }
+        let (offsets, cookies): (Vec<u64>, Vec<u64>) = [
+            (go.write.file_offset, u64::from(syscall::GO_TLS_WRITE)),
+            (go.read.file_offset, u64::from(syscall::GO_TLS_READ)),
+        ]
+        .into_iter()
+        .chain(
+            go.read_returns
+                .iter()
+                .map(|&o| (o, syscall::GO_TLS_READ_RETURN_COOKIE)),
+        )
+        .unzip();
+        let before = self.links.len();
+        if !self.attach_multi(path, &offsets, &cookies) {
+            self.attach_perf(ebpf, path, &offsets, &cookies);
+        }
+        if self.links.len() > before {
+            log::info!(
+                "Go TLS probes on {} ({}, {} offsets, {} links, {} ms)",
+                path.display(),
+                go.version,
+                offsets.len(),
+                self.links.len() - before,
+                started.elapsed().as_millis()
+            );
+            self.probed.push(path.to_owned());
+        }
+    }
+}
+
+impl GoProbes {
+    /// One `uprobe_multi` link for all offsets; false when the kernel refused (then perf-event
+    /// uprobes are used from now on).
+    fn attach_multi(&mut self, path: &Path, offsets: &[u64], cookies: &[u64]) -> bool {
+        let Some(multi) = &self.multi else {
+            return false;
+        };
+        match multi.attach(path, offsets, cookies, false) {
+            Ok(link) => {
+                self.links.push(GoLink::Multi(link));
+                true
+            }
+            Err(e) => {
+                log::warn!(
+                    "Go TLS: uprobe_multi refused, using per-offset uprobes: {}",
+                    chain(&e)
+                );
+                self.multi = None;
+                false
+            }
+        }
+    }
+
+    fn attach_perf(&mut self, ebpf: &mut Ebpf, path: &Path, offsets: &[u64], cookies: &[u64]) {
+        if let Err(e) = load_perf(ebpf) {
+            log::warn!("Go TLS: {}", chain(&e));
+            return;
+        }
+        for (&offset, &cookie) in offsets.iter().zip(cookies) {
+            match attach(ebpf, PROGRAM, path, offset, Some(cookie)) {
+                Ok(link) => self.links.push(GoLink::Perf(link)),
+                Err(e) => log::warn!(
+                    "attaching {PROGRAM} at {offset:#x} in {} failed: {}",
+                    path.display(),
+                    chain(&e)
+                ),
+            }
+        }
+    }
+}
+
+pub fn inspect_path(path: &Path) -> Result<Inspection, GoError> {
+    let file = std::fs::File::open(path).map_err(GoError::Open)?;
+    let map = Mapped::new(&file).map_err(GoError::Open)?;
+    inspect(map.bytes())
+}
+
+/// Finds the TLS functions of a Go ELF executable.
+pub fn inspect(data: &[u8]) -> Result<Inspection, GoError> {
+    let obj = object::File::parse(data).map_err(GoError::Elf)?;
+    let pclntab = [".gopclntab", ".data.rel.ro.gopclntab"]
+        .into_iter()
+        .find_map(|name| obj.section_by_name(name));
+    let buildinfo = build_version(&obj);
+    let Some(pclntab) = pclntab else {
+        if buildinfo.is_some() {
+            // A Go binary whose function table cannot be found: say so, do not skip quietly.
+            return Err(GoError::Pclntab("no .gopclntab section"));
+        }
+        return Ok(Inspection::NotGo);
+    };
+    let pcln_data = pclntab
+        .data()
+        .map_err(|_| GoError::Unmapped(".gopclntab"))?;
+    let text = obj
+        .symbols()
+        .find(|s| s.name() == Ok("runtime.text"))
+        .map(|s| s.address())
+        .or_else(|| obj.section_by_name(".text").map(|s| s.address()))
+        .unwrap_or(0);
+    let table = Pclntab::parse(pcln_data, text)?;
+    let version = buildinfo.unwrap_or_else(|| table.min_version().to_owned());
+    if !table.register_abi_possible() || go_minor(&version).is_some_and(|m| m < 17) {
+        return Ok(Inspection::TooOld(version));
+    }
+
+    let mut found = [None; 2];
+    for sym in obj.symbols() {
+        let Ok(name) = sym.name() else { continue };
+        let i = match name {
+            WRITE_FN => 0,
+            READ_FN => 1,
+            _ => continue,
+        };
+        if sym.size() > 0 {
+            found[i] = Some((sym.address(), sym.size()));
+        }
+    }
+    if found.iter().any(Option::is_none) {
+        let from_table = table.find(&[WRITE_FN, READ_FN])?;
+        for (slot, entry) in found.iter_mut().zip(from_table) {
+            if slot.is_none() {
+                *slot = entry;
+            }
+        }
+    }
+    let [Some(write), Some(read)] = found else {
+        return Ok(Inspection::NoTls(version));
+    };
+    let write = function(&obj, data, WRITE_FN, write)?;
+    let read = function(&obj, data, READ_FN, read)?;
+    let read_returns = returns(data, &read)?;
+    Ok(Inspection::Probe(GoTls {
+        version,
+        write,
+        read,
+        read_returns,
+    }))
+}
+
+/// The minor version of `go1.N[.P]`; `None` for other strings (`devel ...`: assume recent).
+fn go_minor(version: &str) -> Option<u32> {
+    let rest = version.strip_prefix("go1.")?;
+    let digits = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..digits].parse().ok()
+}
+
+/// Locates a function in the file and checks its prologue.
+fn function(
+    obj: &object::File<'_>,
+    data: &[u8],
+    name: &'static str,
+    (address, size): (u64, u64),
+) -> Result<Function, GoError> {
+    let section = obj
+        .sections()
+        .find(|s| {
+            s.kind() == SectionKind::Text
+                && address >= s.address()
+                && address - s.address() < s.size()
+        })
+        .ok_or(GoError::Unmapped(name))?;
+    let (offset, len) = section.file_range().ok_or(GoError::Unmapped(name))?;
+    let within = address - section.address();
+    if within.checked_add(size).is_none_or(|end| end > len) {
+        return Err(GoError::Unmapped(name));
+    }
+    let f = Function {
+        address,
+        size,
+        file_offset: offset + within,
+    };
+    if !stack_check_first(code(data, &f).ok_or(GoError::Unmapped(name))?, address) {
+        return Err(GoError::Prologue(name));
+    }
+    Ok(f)
+}
+
+fn code<'a>(data: &'a [u8], f: &Function) -> Option<&'a [u8]> {
+    let start = usize::try_from(f.file_offset).ok()?;
+    let end = start.checked_add(usize::try_from(f.size).ok()?)?;
+    data.get(start..end)
+}
+
+/// Go's prologue (register ABI): `CMP RSP, [R14+0x10]`, or `LEA R12, [RSP-n]` then
+/// `CMP R12, [R14+0x10]` for large frames; `g.stackguard0` is at offset 16 of the goroutine.
+fn stack_check_first(code: &[u8], address: u64) -> bool {
+    let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
+    let mut instr = Instruction::default();
+    for _ in 0..2 {
+        if !decoder.can_decode() {
+            return false;
+        }
+        decoder.decode_out(&mut instr);
+        if instr.is_invalid() {
+            return false;
+        }
+        if instr.mnemonic() == Mnemonic::Cmp
+            && instr.memory_base() == Register::R14
+            && instr.memory_displacement64() == 0x10
+        {
+            return true;
+        }
+    }
+    false
+}
+
+/// File offsets of the `RET` instructions of `f`. The function's bytes run to the next
+/// function, padded with `INT3`, so decoding from the entry stays on instruction boundaries.
+fn returns(data: &[u8], f: &Function) -> Result<Vec<u64>, GoError> {
+    let code = code(data, f).ok_or(GoError::Unmapped(READ_FN))?;
+    let mut decoder = Decoder::with_ip(64, code, f.address, DecoderOptions::NONE);
+    let mut instr = Instruction::default();
+    let mut found = Vec::new();
+    while decoder.can_decode() {
+        decoder.decode_out(&mut instr);
+        if instr.is_invalid() {
+            return Err(GoError::Decode {
+                function: READ_FN,
+                address: instr.ip(),
+            });
+        }
+        if instr.mnemonic() == Mnemonic::Ret {
+            found.push(f.file_offset + (instr.ip() - f.address));
+        }
+    }
+    if found.is_empty() || found.len() > MAX_RETURNS {
+        return Err(GoError::Returns(found.len()));
+    }
+    Ok(found)
+}
+
+/// `runtime.buildVersion` from `.go.buildinfo` (Go ≥ 1.13), e.g. `go1.19.8`.
+fn build_version(obj: &object::File<'_>) -> Option<String> {
+    const MAGIC: &[u8] = b"\xff Go buildinf:";
+    let section = obj.section_by_name(".go.buildinfo")?;
+    let data = section.data().ok()?;
+    if data.get(..MAGIC.len())? != MAGIC {
+        return None;
+    }
+    let (ptr_size, flags) = (*data.get(14)?, *data.get(15)?);
+    if flags & 2 != 0 {
+        // Go 1.18+: the version inline after the 32-byte header, with a varint length.
+        let (len, n) = uvarint(data.get(32..)?)?;
+        let start = 32 + n;
+        let bytes = data.get(start..start.checked_add(usize::try_from(len).ok()?)?)?;
+        return String::from_utf8(bytes.to_vec()).ok();
+    }
+    // Before 1.18: a pointer to the `string` header of runtime.buildVersion (little endian only).
+    if ptr_size != 8 || flags & 1 != 0 {
+        return None;
+    }
+    let header = read_at(obj, u64_at(data, 16)?, 16)?;
+    let (ptr, len) = (u64_at(header, 0)?, u64_at(header, 8)?);
+    if len > 64 {
+        return None;
+    }
+    String::from_utf8(read_at(obj, ptr, len)?.to_vec()).ok()
+}
+
+/// `len` bytes at virtual address `addr`, from the section that holds them in the file.
+fn read_at<'a>(obj: &object::File<'a>, addr: u64, len: u64) -> Option<&'a [u8]> {
+    obj.sections().find_map(|s| {
+        let within = addr.checked_sub(s.address())?;
+        let data = s.data().ok()?;
+        let start = usize::try_from(within).ok()?;
+        data.get(start..start.checked_add(usize::try_from(len).ok()?)?)
+    })
+}
+
+fn u64_at(data: &[u8], offset: usize) -> Option<u64> {
+    let bytes = data.get(offset..offset.checked_add(8)?)?;
+    Some(u64::from_le_bytes(bytes.try_into().ok()?))
+}
+
+fn uvarint(data: &[u8]) -> Option<(u64, usize)> {
+    let mut value = 0u64;
+    for (i, &b) in data.iter().enumerate().take(10) {
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use super::*;
+
+    /// A directory removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> Self {
+            let dir =
+                std::env::temp_dir().join(format!("tracegap-gotls-{name}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("create a temporary directory");
+            Self(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _removed = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// `go` with the build cache in a temporary directory (kept between runs: building
+    /// net/http from nothing takes a while), no modules and no toolchain downloads. Same
+    /// settings as tests/tests/tls.rs.
+    fn go(dir: &Path) -> Command {
+        let mut cmd = Command::new("go");
+        cmd.env("GOCACHE", std::env::temp_dir().join("tracegap-go-cache"))
+            .env("GOPATH", dir.join("gopath"))
+            .env("GO111MODULE", "off")
+            .env("GOTOOLCHAIN", "local")
+            .env("GOFLAGS", "")
+            // A pure Go build: no C compiler needed, and how Go services usually ship.
+            .env("CGO_ENABLED", "0");
+        cmd
+    }
+
+    fn output(cmd: &mut Command) -> String {
+        let out = cmd.output().unwrap_or_else(|e| {
+            panic!("{cmd:?} failed to start ({e}); `cargo xtask setup` installs golang-go")
+        });
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("UTF-8 output")
+    }
+
+    /// Builds tests/fixtures/go_tls (a net/http client and server) with these ldflags.
+    fn build(dir: &Path, name: &str, ldflags: &str) -> PathBuf {
+        let exe = dir.join(name);
+        let source = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/go_tls/main.go"
+        );
+        output(
+            go(dir)
+                .args(["build", "-ldflags", ldflags, "-o"])
+                .arg(&exe)
+                .arg(source),
+        );
+        exe
+    }
+
+    /// Addresses of `names` according to `go tool nm`.
+    fn nm(dir: &Path, exe: &Path, names: [&str; 2]) -> [u64; 2] {
+        let text = output(go(dir).args(["tool", "nm"]).arg(exe));
+        names.map(|name| {
+            text.lines()
+                .find_map(|line| {
+                    let mut f = line.split_whitespace();
+                    let (addr, _kind, sym) = (f.next()?, f.next()?, f.next()?);
+                    (sym == name).then(|| u64::from_str_radix(addr, 16).ok())?
+                })
+                .unwrap_or_else(|| panic!("go tool nm lists no {name}:\n{text}"))
+        })
+    }
+
+    #[test]
+    fn finds_the_tls_functions_of_go_executables_stripped_or_not() {
+        let dir = TempDir::new("unit");
+        let plain = build(&dir.0, "plain", "");
+        let stripped = build(&dir.0, "stripped", "-s -w");
+        let [write, read] = nm(&dir.0, &plain, [WRITE_FN, READ_FN]);
+        let version = output(go(&dir.0).args(["env", "GOVERSION"]));
+
+        for exe in [&plain, &stripped] {
+            let data = std::fs::read(exe).expect("read the Go executable");
+            let go = match inspect(&data) {
+                Ok(Inspection::Probe(go)) => go,
+                other => panic!("{}: {other:?}", exe.display()),
+            };
+            assert_eq!(go.version, version.trim(), "{}", exe.display());
+            assert_eq!(
+                (go.write.address, go.read.address),
+                (write, read),
+                "{} (go tool nm of the unstripped build: {write:#x} {read:#x})",
+                exe.display()
+            );
+            assert!(!go.read_returns.is_empty());
+            for offset in &go.read_returns {
+                let at = usize::try_from(*offset).expect("offset");
+                assert_eq!(data[at], 0xc3, "RET at file offset {offset:#x}");
+                assert!(*offset > go.read.file_offset);
+                assert!(*offset < go.read.file_offset + go.read.size);
+            }
+        }
+
+        // The stripped build has no symbol table: its functions came from the pclntab. In the
+        // plain build the pclntab must agree with the symbol table.
+        let data = std::fs::read(&stripped).expect("read");
+        let obj = object::File::parse(&*data).expect("ELF");
+        assert!(obj.symbols().all(|s| s.name() != Ok(WRITE_FN)));
+        let data = std::fs::read(&plain).expect("read");
+        let obj = object::File::parse(&*data).expect("ELF");
+        let section = obj.section_by_name(".gopclntab").expect(".gopclntab");
+        let text = obj.section_by_name(".text").expect(".text").address();
+        let table = Pclntab::parse(section.data().expect("data"), text).expect("pclntab");
+        let found = table.find(&[WRITE_FN, READ_FN]).expect("find");
+        assert_eq!(
+            found.map(|f| f.map(|(entry, _)| entry)),
+            [Some(write), Some(read)]
+        );
+    }
+
+    #[test]
+    fn go_minor_versions() {
+        assert_eq!(go_minor("go1.19.8"), Some(19));
+        assert_eq!(go_minor("go1.21rc2"), Some(21));
+        assert_eq!(go_minor("go1.16"), Some(16));
+        assert_eq!(go_minor("devel go1.23-abcdef"), None);
+    }
+
+    #[test]
+    fn uvarints() {
+        assert_eq!(uvarint(&[8, 0xff]), Some((8, 1)));
+        assert_eq!(uvarint(&[0x96, 0x01]), Some((150, 2)));
+        assert_eq!(uvarint(&[0x80]), None);
+    }
+
+    #[test]
+    fn non_go_files_are_not_go() {
+        let exe = std::fs::read("/proc/self/exe").expect("read own executable");
+        assert_eq!(inspect(&exe).expect("an ELF file"), Inspection::NotGo);
+    }
+}
