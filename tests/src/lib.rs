@@ -379,6 +379,15 @@ impl Drop for HttpServer {
 }
 
 /// Finding lines (not coverage or counters).
+/// Every line the agent printed, for assertion messages.
+pub fn show(lines: &[Value]) -> String {
+    lines
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 pub fn findings(lines: &[Value]) -> Vec<&Value> {
     lines
         .iter()
@@ -456,21 +465,18 @@ impl Agent {
 /// The Python application instrumented with the OpenTelemetry SDK (tests/fixtures/otel_app.py),
 /// exporting to `otlp_http` as `service`.
 pub fn python_app(otlp_http: SocketAddr, service: &str, args: &[&str]) -> Command {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/otel_app.py");
-    let mut cmd = Command::new("python3");
-    cmd.arg(script)
-        .args(args)
-        .env("FIXTURE_OTLP_ENDPOINT", format!("http://{otlp_http}"))
-        .env("FIXTURE_SERVICE", service)
-        .env_remove("OTEL_SERVICE_NAME")
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
-    cmd
+    fixture_app("otel_app.py", otlp_http, service, args)
 }
 
 /// The gRPC application (tests/fixtures/grpc_app.py: grpcio, optionally with the OpenTelemetry
 /// interceptors), exporting spans to `otlp_http` as `service`.
 pub fn grpc_app(otlp_http: SocketAddr, service: &str, args: &[&str]) -> Command {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/grpc_app.py");
+    fixture_app("grpc_app.py", otlp_http, service, args)
+}
+
+/// A Python fixture of tests/fixtures; the settings are deliberately not OTEL_* variables.
+fn fixture_app(script: &str, otlp_http: SocketAddr, service: &str, args: &[&str]) -> Command {
+    let script = format!("{}/fixtures/{script}", env!("CARGO_MANIFEST_DIR"));
     let mut cmd = Command::new("python3");
     cmd.arg(script)
         .args(args)

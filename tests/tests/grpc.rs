@@ -11,7 +11,8 @@ use std::{
 
 use serde_json::Value;
 use tracegap_tests::{
-    findings_of, grpc_app, kinds_of, last_counters, run_client, start_server, Agent, ChildGuard,
+    findings_of, grpc_app, kinds_of, last_counters, run_client, show, start_server, Agent,
+    ChildGuard,
 };
 
 const AGENT_ARGS: &[&str] = &[
@@ -23,14 +24,6 @@ const AGENT_ARGS: &[&str] = &[
     "2s",
 ];
 const METHOD: &str = "/demo.Greeter/SayHello";
-
-fn show(lines: &[Value]) -> String {
-    lines
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("\n")
-}
 
 fn has(lines: &[Value], pid: u32, kind: &str) -> bool {
     kinds_of(lines, pid).iter().any(|k| k == kind)

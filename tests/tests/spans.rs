@@ -6,7 +6,7 @@ use std::{process::Command, time::Duration};
 
 use serde_json::Value;
 use tracegap_tests::{
-    findings_of, kinds_of, python_app, run_client, start_server, Agent, HttpServer,
+    findings_of, kinds_of, python_app, run_client, show, start_server, Agent, HttpServer,
 };
 
 const AGENT_ARGS: &[&str] = &[
@@ -20,14 +20,6 @@ const AGENT_ARGS: &[&str] = &[
 
 fn has(lines: &[Value], pid: u32, kind: &str) -> bool {
     kinds_of(lines, pid).iter().any(|k| k == kind)
-}
-
-fn show(lines: &[Value]) -> String {
-    lines
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 #[test]

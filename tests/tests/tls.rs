@@ -11,7 +11,8 @@ use std::{
 
 use serde_json::Value;
 use tracegap_tests::{
-    findings_of, kinds_of, last_counters, run_client, start_server, Agent, ChildGuard, TRACEPARENT,
+    findings_of, kinds_of, last_counters, run_client, show, start_server, Agent, ChildGuard,
+    TRACEPARENT,
 };
 
 /// A Python `http.server` behind `ssl` on 127.0.0.1 (port 0), answering after 300 ms so that
@@ -120,14 +121,6 @@ fn curl(url: &str, headers: &[&str]) -> Command {
     }
     cmd.arg(url);
     cmd
-}
-
-fn show(lines: &[Value]) -> String {
-    lines
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// The one finding of `pid`, which must be of `kind`, seen over TLS, for `path`.

@@ -16,6 +16,7 @@ pub const TARGETS: &[&str] = &[
     "trace_headers",
     "otlp_decode",
     "path_template",
+    "h2_stream",
 ];
 
 #[derive(clap::Args)]

@@ -13,14 +13,23 @@ use super::{
     Ctx,
 };
 
-/// Kinds run by `tracegap-bench syscall-loop`, and whether they are captured requests.
+/// Kinds run by `tracegap-bench syscall-loop` (and, `tls-*`, by benches/scripts/tls_loop.py:
+/// one `SSL_write_ex` + one `SSL_read_ex` through memory BIOs in the host's libssl), and whether
+/// they are captured requests.
 pub const KINDS: &[(&str, bool)] = &[
     ("write8", false),
     ("write64", false),
     ("read64", false),
     ("sendto-other", false),
     ("sendto-http", true),
+    ("tls-other", false),
+    ("tls-http", true),
 ];
+
+/// The TLS kinds' loop, a Python program: Python's `ssl` is the OpenSSL the agent probes.
+pub fn is_tls(kind: &str) -> bool {
+    kind.starts_with("tls-")
+}
 
 /// Captured requests go through the ring buffer: bursts small enough for it to hold, with
 /// untimed pauses for the agent to drain it, so the loop times the capture path rather than
@@ -29,8 +38,19 @@ const CAPTURE_BURST: u64 = 10_000;
 const CAPTURE_PAUSE_MS: u64 = 15;
 
 fn loop_ns(ctx: &Ctx, kind: &str, captured: bool) -> Result<f64> {
-    let mut cmd = Command::new(&ctx.bench_bin);
-    cmd.args(["syscall-loop", "--kind", kind, "--count"]);
+    let mut cmd = if is_tls(kind) {
+        let mut cmd = Command::new("python3");
+        cmd.arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../benches/scripts/tls_loop.py"
+        ));
+        cmd
+    } else {
+        let mut cmd = Command::new(&ctx.bench_bin);
+        cmd.arg("syscall-loop");
+        cmd
+    };
+    cmd.args(["--kind", kind, "--count"]);
     if captured {
         cmd.arg(ctx.plan.capture_loop_count.to_string())
             .args(["--burst", &CAPTURE_BURST.to_string()])

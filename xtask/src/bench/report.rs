@@ -112,6 +112,24 @@ fn rows(r: &Value) -> Vec<Row> {
     for (kind, v) in k.as_object().into_iter().flatten() {
         let captured = v["captured"].as_bool().unwrap_or(false);
         let added = num(&v["ns_added"]);
+        if super::kernel::is_tls(kind) {
+            // No target was set for TLS; the cost is a uprobe trap per call.
+            push(
+                format!("ns added per `{kind}` SSL_write + SSL_read pair"),
+                added,
+                "ns",
+                "",
+                None,
+            );
+            push(
+                format!("BPF run time per `{kind}` SSL call (entry + return probe, bpf_stats)"),
+                num(&v["bpf_ns_total"]),
+                "ns",
+                "",
+                None,
+            );
+            continue;
+        }
         let (target, limit) = if captured {
             ("≤ 300", 300.0)
         } else {
