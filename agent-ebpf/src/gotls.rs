@@ -15,7 +15,7 @@
 //! at entry keyed by goroutine, not thread: a goroutine can enter on one thread and return on
 //! another.
 
-use agent_common::{counter, direction, syscall, GO_TLS_STASH_ENTRIES, MIN_REQUEST_LEN};
+use agent_common::{counter, direction, syscall, GO_TLS_STASH_ENTRIES};
 use aya_ebpf::{
     helpers::generated::bpf_get_attach_cookie,
     macros::{map, uprobe},
@@ -84,7 +84,9 @@ fn try_write(ctx: &ProbeContext) -> Result<(), ()> {
     let (pid_tgid, _) = current_tgid_unless_agent().ok_or(())?;
     let regs = regs(ctx);
     let (conn, buf, len) = (regs.rax, regs.rbx, regs.rcx);
-    if len < MIN_REQUEST_LEN {
+    // Short writes too: on an HTTP/2 connection a frame can be short; `capture` drops them on
+    // other connections.
+    if len == 0 {
         return Ok(());
     }
     let sys = Syscall {
@@ -135,7 +137,8 @@ fn try_read_ret(ctx: &ProbeContext) -> Result<(), ()> {
     let _ignored = GO_TLS_READS.remove(&key);
     // n in RAX (an `int`: negative never happens, but the register is not trusted).
     let n = regs.rax as i64;
-    if n < MIN_REQUEST_LEN as i64 {
+    // Short reads too: Go's HTTP/2 server reads each 9-byte frame header on its own.
+    if n <= 0 {
         return Ok(());
     }
     // Never more than the buffer the caller passed.

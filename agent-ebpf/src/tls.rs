@@ -16,7 +16,7 @@
 //! inside `SSL_write`, so the fd (and the peer remembered at `connect`) is known; with a memory
 //! BIO (Node) the socket write happens after the call returns and the fd stays -1.
 
-use agent_common::{counter, direction, family, flags, syscall, EventHeader, MIN_REQUEST_LEN};
+use agent_common::{counter, direction, family, flags, syscall, EventHeader};
 use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid,
@@ -144,7 +144,9 @@ fn try_enter(ctx: &ProbeContext, kind: u8) -> Result<(), ()> {
         }
         n as u64
     };
-    if num < MIN_REQUEST_LEN {
+    // Short calls are stashed too: on an HTTP/2 connection a frame can be short (`capture`
+    // drops them on other connections).
+    if num == 0 {
         return Ok(());
     }
     let count_ptr: u64 = if is_ex(kind) {
@@ -193,7 +195,7 @@ fn try_ret(ctx: &RetProbeContext) -> Result<(), ()> {
     };
     // Never more than the buffer the caller passed.
     let len = if len > call.num { call.num } else { len };
-    if len < MIN_REQUEST_LEN {
+    if len == 0 {
         return Ok(());
     }
     let sys = Syscall {

@@ -66,8 +66,19 @@ struct TlsServer {
 }
 
 impl TlsServer {
+    /// The Python TLS server (HTTP/1.1).
     #[track_caller]
     fn start() -> Self {
+        Self::start_with(|cert, key| {
+            let mut cmd = Command::new("python3");
+            cmd.args(["-c", SERVER]).arg(cert).arg(key);
+            cmd
+        })
+    }
+
+    /// `server(cert, key)` is the command that serves; it prints "listening PORT".
+    #[track_caller]
+    fn start_with(server: impl FnOnce(&Path, &Path) -> Command) -> Self {
         let dir = TempDir::new();
         let (key, cert) = (dir.0.join("key.pem"), dir.0.join("cert.pem"));
         let status = Command::new("openssl")
@@ -82,12 +93,7 @@ impl TlsServer {
             .status()
             .expect("the openssl CLI is needed to make the test certificate");
         assert!(status.success(), "openssl req failed: {status}");
-        let (child, port) = start_server(
-            Command::new("python3")
-                .args(["-c", SERVER])
-                .arg(&cert)
-                .arg(&key),
-        );
+        let (child, port) = start_server(&mut server(&cert, &key));
         Self {
             _child: child,
             _dir: dir,
@@ -123,9 +129,21 @@ fn curl(url: &str, headers: &[&str]) -> Command {
     cmd
 }
 
-/// The one finding of `pid`, which must be of `kind`, seen over TLS, for `path`.
+/// The one finding of `pid`, which must be of `kind`, seen over TLS, for `path`, for one request.
 #[track_caller]
 fn assert_tls_finding<'a>(lines: &'a [Value], pid: u32, kind: &str, path: &str) -> &'a Value {
+    assert_tls_findings(lines, pid, kind, path, 1)
+}
+
+/// [`assert_tls_finding`] for `requests` requests.
+#[track_caller]
+fn assert_tls_findings<'a>(
+    lines: &'a [Value],
+    pid: u32,
+    kind: &str,
+    path: &str,
+    requests: u64,
+) -> &'a Value {
     assert_eq!(kinds_of(lines, pid), [kind], "pid {pid}:\n{}", show(lines));
     let f = findings_of(lines, pid)[0];
     assert_eq!(f["tls"], true, "{f}");
@@ -133,8 +151,8 @@ fn assert_tls_finding<'a>(lines: &'a [Value], pid: u32, kind: &str, path: &str) 
     assert_eq!(f["method"], "GET", "{f}");
     assert_eq!(f["direction"], "outbound", "{f}");
     assert_eq!(
-        f["count"], 1,
-        "one request, not one per SSL_write attempt: {f}"
+        f["count"], requests,
+        "one per request, not one per SSL_write attempt: {f}"
     );
     f
 }
@@ -342,4 +360,54 @@ fn tls_off_attaches_no_tls_probes() {
     }
     assert!(stderr.contains("TLS capture off"), "{stderr}");
     assert!(!stderr.contains("probes on"), "{stderr}");
+}
+
+/// HTTP/2 over TLS, Go on both sides (ALPN h2, Go's default): the Go TLS probes see the preface
+/// in the plaintext, the kernel follows the connection, and the HEADERS frames are decoded like
+/// cleartext h2. The server reads each 9-byte frame header on its own, so it only stays in step
+/// if short TLS reads are captured on marked connections.
+#[test]
+fn tls_go_http2_requests_are_decoded() {
+    let dir = TempDir::new();
+    let exe = go_build(&dir.0, "goh2", "");
+    let server = TlsServer::start_with(|cert, key| {
+        let mut cmd = Command::new(&exe);
+        cmd.arg("server-h2").arg(cert).arg(key);
+        cmd
+    });
+    let agent = agent();
+    // Three requests on one connection: the second and third reuse HPACK's dynamic table.
+    let bare = run_client(
+        Command::new(&exe)
+            .args(["client-h2", "3"])
+            .arg(server.url("/h2-bare?token=SECRET")),
+    );
+    let traced = run_client(
+        Command::new(&exe)
+            .args(["client-h2", "3"])
+            .arg(server.url("/h2-traced"))
+            .arg(TRACEPARENT),
+    );
+    let lines = agent.stop();
+    // Every request on the connection.
+    let f = assert_tls_findings(&lines, bare, "uninstrumented_client", "/h2-bare", 3);
+    assert_eq!(f["protocol"], "h2", "{f}");
+    assert_eq!(f["peer"], server.peer().as_str(), "{f}");
+    assert_eq!(
+        kinds_of(&lines, traced),
+        Vec::<String>::new(),
+        "{}",
+        show(&lines)
+    );
+    let counters = last_counters(&lines);
+    assert!(
+        counters["kernel"]["h2_connections"].as_u64() >= Some(4),
+        "both clients' connections, client and server side: {counters}"
+    );
+    assert_eq!(
+        counters["agent"]["h2_lost_sync"], 0,
+        "the server's 9-byte frame-header reads are followed: {counters}"
+    );
+    assert_eq!(counters["agent"]["h2_undetermined"], 0, "{counters}");
+    assert!(!show(&lines).contains("SECRET"), "{}", show(&lines));
 }
