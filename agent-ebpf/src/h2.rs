@@ -51,7 +51,9 @@ pub fn mark(tgid: u32, fd: i32, dir: u8, tls: bool, late: bool) -> Option<*mut H
     let conn = H2Conn {
         direction: dir,
         tls: u8::from(tls),
-        gap: 0,
+        // A late connection's first event says so (`H2_GAP`): userspace may still hold the
+        // decoder of an earlier connection on the same fd, whose table does not apply.
+        gap: u8::from(late),
         late: u8::from(late),
     };
     H2_CONNS.insert(key, conn, 0).ok()?;
