@@ -232,4 +232,11 @@ fn span_rules_for_rust_sdk_clients() {
     assert_eq!(f["service_name"], "rust-plain");
     assert_eq!(f["comm"], "otel_fixture");
     assert_eq!(f["path"], "/rust");
+    // The OTLP/gRPC export calls were decoded from HTTP/2 and recognised as telemetry (never
+    // judged: the instrumented client above has no finding for them).
+    let counters = tracegap_tests::last_counters(&lines);
+    assert!(
+        counters["agent"]["telemetry_exports"].as_u64() >= Some(3),
+        "one export call per fixture at least: {counters}"
+    );
 }
