@@ -26,8 +26,6 @@ const PROGRAMS: &[(&str, &str)] = &[
     ("tracegap_sys_exit", "sys_exit"),
 ];
 
-const TRACEFS: &str = "/sys/kernel/tracing";
-
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
     #[error(
@@ -37,8 +35,6 @@ pub enum CaptureError {
     NoObject,
     #[error("loading eBPF programs needs root (CAP_BPF and CAP_PERFMON); run the agent as root")]
     NotRoot,
-    #[error("mounting tracefs at {TRACEFS} failed (the kernel needs CONFIG_FTRACE)")]
-    Tracefs(#[source] std::io::Error),
     #[error("loading the eBPF object failed (creating maps needs CAP_BPF)")]
     Load(#[source] aya::EbpfError),
     #[error("program {0} is missing from the eBPF object")]
@@ -187,7 +183,6 @@ impl Capture {
         if unsafe { libc::geteuid() } != 0 {
             return Err(CaptureError::NotRoot);
         }
-        ensure_tracefs()?;
         let own_tgid = std::process::id();
         let cap = capture_bytes.min(CAPTURE_CAP_MAX as u32);
         let mut ebpf = EbpfLoader::new()
@@ -353,31 +348,6 @@ fn push_or_exec(
         Ok(e) if e.syscall == syscall::EXEC => execs.push(e.pid),
         other => out.push(other),
     }
-}
-
-/// aya resolves tracepoint ids under /sys/kernel/tracing; a fresh machine has no tracefs there.
-fn ensure_tracefs() -> Result<(), CaptureError> {
-    let events = std::path::Path::new(TRACEFS).join("events");
-    if events.is_dir() {
-        return Ok(());
-    }
-    log::info!("mounting tracefs at {TRACEFS}");
-    let fstype = c"tracefs";
-    let target = c"/sys/kernel/tracing";
-    // SAFETY: valid NUL-terminated strings; no data argument.
-    let rc = unsafe {
-        libc::mount(
-            fstype.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(CaptureError::Tracefs(std::io::Error::last_os_error()));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

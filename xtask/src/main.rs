@@ -19,7 +19,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install what is missing (apt packages, bpf-linker) and mount tracefs/bpffs. Idempotent.
+    /// Install what is missing (apt packages, bpf-linker) and mount bpffs. Idempotent.
     Setup,
     /// Build the eBPF object and the agent that embeds it.
     Build(build::Options),

@@ -47,7 +47,6 @@ const PIP_PACKAGES: &[&str] = &[
 const PIP_IMPORT_CHECK: &str = "import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http, \
      grpc, opentelemetry.instrumentation.grpc";
 
-const TRACEFS: &str = "/sys/kernel/tracing";
 const BPFFS: &str = "/sys/fs/bpf";
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -70,7 +69,7 @@ pub fn run(mode: Mode) -> Result<()> {
         if mode == Mode::Verbose {
             eprintln!(
                 "setup: everything present (apt packages, {BPF_RUSTC} >= 1.{MIN_BPF_RUSTC_MINOR}, \
-                 bpf-linker, OpenTelemetry Python SDK, tracefs, bpffs) — checked in {:.2?}",
+                 bpf-linker, Python test fixtures, bpffs) — checked in {:.2?}",
                 started.elapsed()
             );
         }
@@ -228,10 +227,6 @@ fn missing_mounts() -> Result<Vec<&'static str>> {
         })
     };
     let mut missing = Vec::new();
-    // aya resolves tracepoint ids under /sys/kernel/tracing; a fresh machine has no tracefs there.
-    if !mounted("tracefs", TRACEFS) && !Path::new(TRACEFS).join("events").is_dir() {
-        missing.push(TRACEFS);
-    }
     if !mounted("bpf", BPFFS) {
         missing.push(BPFFS);
     }
@@ -239,7 +234,7 @@ fn missing_mounts() -> Result<Vec<&'static str>> {
 }
 
 fn mount_fs(dir: &str) -> Result<()> {
-    let fstype = if dir == TRACEFS { "tracefs" } else { "bpf" };
+    let fstype = "bpf";
     eprintln!("setup: mount -t {fstype} {fstype} {dir}");
     exec(Command::new("mount").args(["-t", fstype, fstype, dir]))
 }

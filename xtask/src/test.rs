@@ -25,7 +25,7 @@ pub struct Options {
 pub fn run(opts: &Options) -> Result<()> {
     if !is_root() {
         bail!(
-            "the end-to-end tests load eBPF programs and need root (CAP_BPF, CAP_PERFMON, tracefs): \
+            "the end-to-end tests load eBPF programs and need root (CAP_BPF, CAP_PERFMON): \
              run `sudo -E cargo xtask test`, or run as root"
         );
     }
