@@ -92,6 +92,28 @@ fn grpc_client_without_the_interceptor_is_missing_traceparent() {
         calls.parse().ok(),
         "every call on the connection judged:\n{f}"
     );
+    // Coverage counts gRPC calls like HTTP/1 requests (the OTLP/HTTP exports are telemetry).
+    let coverage = |pid: u32| {
+        lines
+            .iter()
+            .rev()
+            .find(|l| l["kind"] == "coverage" && l["pid"] == pid)
+            .unwrap_or_else(|| panic!("no coverage line for {pid}:\n{all}"))
+    };
+    let calls: u64 = calls.parse().expect("number");
+    let c = coverage(instrumented);
+    assert_eq!(
+        (&c["requests"], &c["with_context"]),
+        (&calls.into(), &calls.into()),
+        "{c}"
+    );
+    assert_eq!(c["coverage_percent"], 100.0, "{c}");
+    let c = coverage(sdk_only);
+    assert_eq!(
+        (&c["requests"], &c["without_context"]),
+        (&calls.into(), &calls.into()),
+        "{c}"
+    );
     let counters = last_counters(&lines);
     assert!(
         counters["kernel"]["h2_connections"].as_u64() >= Some(4),
