@@ -109,10 +109,8 @@ fn try_exit(returned: i64) -> Result<(), ()> {
     }
     let args = *slot;
     slot.pid_tgid = 0;
-    if returned <= 0
-        || (returned < MIN_REQUEST_LEN as i64
-            && !crate::h2::process_has_h2((pid_tgid >> 32) as u32))
-    {
+    // Short reads too: `capture` keeps them only on HTTP/2 connections.
+    if returned <= 0 {
         return Ok(());
     }
     let sys = Syscall {

@@ -1,6 +1,6 @@
 //! Send side: the buffer is filled when the syscall starts, so it is read at `sys_enter`.
 
-use agent_common::{direction, syscall, MIN_REQUEST_LEN};
+use agent_common::{direction, syscall};
 
 use crate::{
     capture::{capture, Source, Syscall},
@@ -37,11 +37,8 @@ pub fn on_sendmsg(args: &Args) {
 #[inline(always)]
 fn try_send_buf(args: &Args, kind: u8) -> Result<(), ()> {
     let len = args.get(2);
-    let (pid_tgid, tgid) = current_tgid_unless_agent().ok_or(())?;
-    // Short sends are only of interest on HTTP/2 connections (a HEADERS frame may be small).
-    if len < MIN_REQUEST_LEN && !crate::h2::process_has_h2(tgid) {
-        return Ok(());
-    }
+    // Short sends too: `capture` keeps them only on HTTP/2 connections.
+    let (pid_tgid, _) = current_tgid_unless_agent().ok_or(())?;
     let sys = Syscall {
         pid_tgid,
         fd: args.get(0) as i32,

@@ -15,19 +15,13 @@
 
 use std::path::{Path, PathBuf};
 
-use aya::{
-    programs::{uprobe::UProbeLink, UProbe},
-    Ebpf,
-};
+use aya::Ebpf;
 use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, Register};
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _, SectionKind};
 
 use agent_common::syscall;
 
-use crate::{
-    tls::{attach, chain, Mapped, TlsError},
-    uprobe_multi::{MultiLink, MultiProgram},
-};
+use crate::tls::{chain, load_file_probes, FileLink, FileProbe, Mapped, TlsError};
 
 mod pclntab;
 use pclntab::Pclntab;
@@ -96,44 +90,19 @@ pub enum Inspection {
 #[derive(Default)]
 pub struct GoProbes {
     probed: Vec<PathBuf>,
-    /// The program loaded for `uprobe_multi` links (one link per executable, see
-    /// uprobe_multi.rs), unless the kernel refused it; else perf-event uprobes, one per offset.
-    multi: Option<MultiProgram>,
-    links: Vec<GoLink>,
+    /// The one Go program: one link per executable with `uprobe_multi`, else one per offset.
+    program: Option<FileProbe>,
+    links: Vec<FileLink>,
     /// Go executables skipped because they predate the register ABI.
     too_old: usize,
 }
 
-enum GoLink {
-    Multi(#[allow(dead_code, reason = "held for its Drop")] MultiLink),
-    Perf(#[allow(dead_code, reason = "held for its Drop")] UProbeLink),
-}
-
-/// Loads the Go uprobe program (attached per file later): for `uprobe_multi` when the kernel
-/// has it, else as a perf-event uprobe.
+/// Loads the Go uprobe program (attached per file later, see [`FileProbe`]).
 pub fn load(ebpf: &mut Ebpf, object: &[u8]) -> Result<GoProbes, TlsError> {
-    let mut probes = GoProbes::default();
-    match crate::uprobe_multi::load(ebpf, object, &[PROGRAM]) {
-        Ok(programs) => probes.multi = programs.into_iter().next(),
-        Err(e) => log::info!("Go TLS: per-offset uprobes ({})", chain(&e)),
-    }
-    if probes.multi.is_none() {
-        load_perf(ebpf)?;
-    }
-    Ok(probes)
-}
-
-fn load_perf(ebpf: &mut Ebpf) -> Result<(), TlsError> {
-    let name = PROGRAM;
-    let program: &mut UProbe = ebpf
-        .program_mut(name)
-        .ok_or(TlsError::MissingProgram(name))?
-        .try_into()
-        .map_err(|source| TlsError::Program { name, source })?;
-    match program.load() {
-        Ok(()) | Err(aya::programs::ProgramError::AlreadyLoaded) => Ok(()),
-        Err(source) => Err(TlsError::Program { name, source }),
-    }
+    Ok(GoProbes {
+        program: load_file_probes(ebpf, object, &[PROGRAM])?.pop(),
+        ..GoProbes::default()
+    })
 }
 
 impl GoProbes {
@@ -197,8 +166,9 @@ impl GoProbes {
         )
         .unzip();
         let before = self.links.len();
-        if !self.attach_multi(path, &offsets, &cookies) {
-            self.attach_perf(ebpf, path, &offsets, &cookies);
+        if let Some(program) = &mut self.program {
+            let links = program.attach(ebpf, path, &offsets, &cookies);
+            self.links.extend(links);
         }
         if self.links.len() > before {
             log::info!(
@@ -210,47 +180,6 @@ impl GoProbes {
                 started.elapsed().as_millis()
             );
             self.probed.push(path.to_owned());
-        }
-    }
-}
-
-impl GoProbes {
-    /// One `uprobe_multi` link for all offsets; false when the kernel refused (then perf-event
-    /// uprobes are used from now on).
-    fn attach_multi(&mut self, path: &Path, offsets: &[u64], cookies: &[u64]) -> bool {
-        let Some(multi) = &self.multi else {
-            return false;
-        };
-        match multi.attach(path, offsets, cookies, false) {
-            Ok(link) => {
-                self.links.push(GoLink::Multi(link));
-                true
-            }
-            Err(e) => {
-                log::warn!(
-                    "Go TLS: uprobe_multi refused, using per-offset uprobes: {}",
-                    chain(&e)
-                );
-                self.multi = None;
-                false
-            }
-        }
-    }
-
-    fn attach_perf(&mut self, ebpf: &mut Ebpf, path: &Path, offsets: &[u64], cookies: &[u64]) {
-        if let Err(e) = load_perf(ebpf) {
-            log::warn!("Go TLS: {}", chain(&e));
-            return;
-        }
-        for (&offset, &cookie) in offsets.iter().zip(cookies) {
-            match attach(ebpf, PROGRAM, path, offset, Some(cookie)) {
-                Ok(link) => self.links.push(GoLink::Perf(link)),
-                Err(e) => log::warn!(
-                    "attaching {PROGRAM} at {offset:#x} in {} failed: {}",
-                    path.display(),
-                    chain(&e)
-                ),
-            }
         }
     }
 }

@@ -113,10 +113,11 @@ impl Pipeline {
                 return;
             }
         };
-        if event.data.starts_with(HTTP2_PREFACE) {
+        let preface = event.data.starts_with(HTTP2_PREFACE);
+        if preface {
             self.h2_preface(&event);
         }
-        if event.h2() || event.data.starts_with(HTTP2_PREFACE) {
+        if event.h2() || preface {
             for h2_event in self.h2.feed(&event) {
                 match h2_event {
                     H2Event::Request(r) => {

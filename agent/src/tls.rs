@@ -21,7 +21,7 @@ use agent_common::syscall;
 use aya::{
     programs::{
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeScope},
-        RawTracePoint, UProbe,
+        ProbeKind, RawTracePoint, UProbe,
     },
     Ebpf,
 };
@@ -139,9 +139,9 @@ pub struct TlsProbes {
     /// Files probed, for the log and the count.
     probed: Vec<PathBuf>,
     /// Uprobe links, detached on drop.
-    links: Vec<ProbeLink>,
-    /// The `uprobe_multi` programs, unless the kernel refused them.
-    multi: Option<MultiPrograms>,
+    links: Vec<FileLink>,
+    /// The entry and return programs.
+    programs: Vec<FileProbe>,
     last_scan: Option<Instant>,
     /// Go executables (crypto/tls), checked for every file that is not an OpenSSL.
     go: crate::gotls::GoProbes,
@@ -149,20 +149,118 @@ pub struct TlsProbes {
     disabled: bool,
 }
 
-struct MultiPrograms {
-    enter: MultiProgram,
-    ret: MultiProgram,
+/// A uprobe program attached to files at offsets, each with a cookie: one `uprobe_multi` link
+/// per file when the kernel has them (see uprobe_multi.rs), else one aya perf-event uprobe per
+/// offset. Shared by the OpenSSL and the Go probes.
+pub(crate) struct FileProbe {
+    name: &'static str,
+    /// Loaded for `uprobe_multi` links, until the kernel refuses one.
+    multi: Option<MultiProgram>,
 }
 
-/// One `uprobe_multi` link covers a file's four functions; perf-event links cover one each.
-enum ProbeLink {
+/// A link of a [`FileProbe`], detached on drop.
+pub(crate) enum FileLink {
     Multi(#[allow(dead_code, reason = "held for its Drop")] MultiLink),
     Perf(#[allow(dead_code, reason = "held for its Drop")] UProbeLink),
 }
 
-/// Attaches the exec tracepoint and prepares the uprobes: `uprobe_multi` programs (two links
-/// per file, see uprobe_multi.rs) when the kernel has them, else aya's perf-event uprobes (two
-/// per function).
+/// Loads `names` for `uprobe_multi` links (one relocation pass), or, when the kernel refuses
+/// that, as aya's perf-event uprobes.
+pub(crate) fn load_file_probes(
+    ebpf: &mut Ebpf,
+    object: &[u8],
+    names: &[&'static str],
+) -> Result<Vec<FileProbe>, TlsError> {
+    match crate::uprobe_multi::load(ebpf, object, names) {
+        Ok(programs) if programs.len() == names.len() => Ok(names
+            .iter()
+            .zip(programs)
+            .map(|(&name, p)| FileProbe {
+                name,
+                multi: Some(p),
+            })
+            .collect()),
+        other => {
+            if let Err(e) = other {
+                log::info!("{}: per-offset uprobes ({})", names.join(", "), chain(&e));
+            }
+            names
+                .iter()
+                .map(|&name| {
+                    load_perf(ebpf, name)?;
+                    Ok(FileProbe { name, multi: None })
+                })
+                .collect()
+        }
+    }
+}
+
+/// Loads `name` for perf-event uprobes (once).
+fn load_perf(ebpf: &mut Ebpf, name: &'static str) -> Result<(), TlsError> {
+    let program: &mut UProbe = ebpf
+        .program_mut(name)
+        .ok_or(TlsError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| TlsError::Program { name, source })?;
+    match program.load() {
+        Ok(()) | Err(aya::programs::ProgramError::AlreadyLoaded) => Ok(()),
+        Err(source) => Err(TlsError::Program { name, source }),
+    }
+}
+
+impl FileProbe {
+    /// Attaches to `offsets` (file offsets) of `path` in every process, one cookie each.
+    pub(crate) fn attach(
+        &mut self,
+        ebpf: &mut Ebpf,
+        path: &Path,
+        offsets: &[u64],
+        cookies: &[u64],
+    ) -> Vec<FileLink> {
+        let name = self.name;
+        if let Some(multi) = &self.multi {
+            // A uretprobe program gets a return link (the section says which it is).
+            let ret = ebpf
+                .program(name)
+                .and_then(|p| <&UProbe>::try_from(p).ok())
+                .is_some_and(|p| matches!(p.kind(), ProbeKind::Return));
+            match multi.attach(path, offsets, cookies, ret) {
+                Ok(link) => return vec![FileLink::Multi(link)],
+                Err(e) => {
+                    log::warn!(
+                        "{name}: uprobe_multi refused, using per-offset uprobes from now on: {}",
+                        chain(&e)
+                    );
+                    self.multi = None;
+                }
+            }
+        }
+        if let Err(e) = load_perf(ebpf, name) {
+            log::warn!("{}", chain(&e));
+            return Vec::new();
+        }
+        offsets
+            .iter()
+            .zip(cookies)
+            .filter_map(
+                |(&offset, &cookie)| match attach(ebpf, name, path, offset, Some(cookie)) {
+                    Ok(link) => Some(FileLink::Perf(link)),
+                    Err(e) => {
+                        log::warn!(
+                            "attaching {name} at {offset:#x} in {} failed: {}",
+                            path.display(),
+                            chain(&e)
+                        );
+                        None
+                    }
+                },
+            )
+            .collect()
+    }
+}
+
+/// Attaches the exec tracepoint and prepares the uprobes (see [`FileProbe`]): two links per
+/// OpenSSL file with `uprobe_multi`, else two per function.
 pub fn load(ebpf: &mut Ebpf, object: &[u8]) -> Result<TlsProbes, TlsError> {
     let name = EXEC_PROGRAM;
     let exec: &mut RawTracePoint = ebpf
@@ -174,35 +272,11 @@ pub fn load(ebpf: &mut Ebpf, object: &[u8]) -> Result<TlsProbes, TlsError> {
         .map_err(|source| TlsError::Program { name, source })?;
     exec.attach("sched_process_exec")
         .map_err(|source| TlsError::Program { name, source })?;
-    let mut probes = TlsProbes::default();
-    match crate::uprobe_multi::load(ebpf, object, &[ENTER, RETURN]) {
-        Ok(programs) => {
-            let mut programs = programs.into_iter();
-            if let (Some(enter), Some(ret)) = (programs.next(), programs.next()) {
-                probes.multi = Some(MultiPrograms { enter, ret });
-            }
-        }
-        Err(e) => log::info!("TLS: per-function uprobes ({})", chain(&e)),
-    }
-    if probes.multi.is_none() {
-        load_perf_programs(ebpf)?;
-    }
-    probes.go = crate::gotls::load(ebpf, object)?;
-    Ok(probes)
-}
-
-fn load_perf_programs(ebpf: &mut Ebpf) -> Result<(), TlsError> {
-    for name in [ENTER, RETURN] {
-        let program: &mut UProbe = ebpf
-            .program_mut(name)
-            .ok_or(TlsError::MissingProgram(name))?
-            .try_into()
-            .map_err(|source| TlsError::Program { name, source })?;
-        program
-            .load()
-            .map_err(|source| TlsError::Program { name, source })?;
-    }
-    Ok(())
+    Ok(TlsProbes {
+        programs: load_file_probes(ebpf, object, &[ENTER, RETURN])?,
+        go: crate::gotls::load(ebpf, object)?,
+        ..TlsProbes::default()
+    })
 }
 
 impl TlsProbes {
@@ -327,8 +401,15 @@ impl TlsProbes {
             return;
         }
         let before = self.links.len();
-        if !self.attach_multi(path, &offsets) {
-            self.attach_perf(ebpf, path, &offsets);
+        // Both programs at every function found; the entry's cookie names the function.
+        let (found, cookies): (Vec<u64>, Vec<u64>) = ENTRY
+            .iter()
+            .zip(offsets)
+            .filter_map(|((kind, _), offset)| Some((offset?, u64::from(*kind))))
+            .unzip();
+        for program in &mut self.programs {
+            let links = program.attach(ebpf, path, &found, &cookies);
+            self.links.extend(links);
         }
         if self.links.len() > before {
             log::info!(
@@ -338,69 +419,6 @@ impl TlsProbes {
                 started.elapsed().as_millis()
             );
             self.probed.push(path.to_owned());
-        }
-    }
-}
-
-impl TlsProbes {
-    /// Two `uprobe_multi` links for the file; false when the kernel refused (then perf-event
-    /// uprobes are used from now on).
-    fn attach_multi(&mut self, path: &Path, offsets: &Offsets) -> bool {
-        let Some(multi) = &self.multi else {
-            return false;
-        };
-        let (found, cookies): (Vec<u64>, Vec<u64>) = ENTRY
-            .iter()
-            .zip(offsets)
-            .filter_map(|((kind, _), offset)| Some(((*offset)?, u64::from(*kind))))
-            .unzip();
-        let links = multi
-            .enter
-            .attach(path, &found, &cookies, false)
-            .and_then(|enter| Ok((enter, multi.ret.attach(path, &found, &cookies, true)?)));
-        match links {
-            Ok((enter, ret)) => {
-                self.links.push(ProbeLink::Multi(enter));
-                self.links.push(ProbeLink::Multi(ret));
-                true
-            }
-            Err(e) => {
-                log::warn!(
-                    "TLS: uprobe_multi refused, using per-function uprobes: {}",
-                    chain(&e)
-                );
-                self.multi = None;
-                false
-            }
-        }
-    }
-
-    fn attach_perf(&mut self, ebpf: &mut Ebpf, path: &Path, offsets: &Offsets) {
-        // Loaded lazily when uprobe_multi failed only at its first attach.
-        if let Err(e) = load_perf_programs(ebpf) {
-            if !matches!(
-                &e,
-                TlsError::Program {
-                    source: aya::programs::ProgramError::AlreadyLoaded,
-                    ..
-                }
-            ) {
-                log::warn!("TLS: {}", chain(&e));
-                return;
-            }
-        }
-        for ((kind, symbol), offset) in ENTRY.iter().zip(offsets) {
-            let Some(offset) = *offset else { continue };
-            for (name, cookie) in [(ENTER, Some(u64::from(*kind))), (RETURN, None)] {
-                match attach(ebpf, name, path, offset, cookie) {
-                    Ok(link) => self.links.push(ProbeLink::Perf(link)),
-                    Err(e) => log::warn!(
-                        "attaching {name} to {symbol} in {} failed: {}",
-                        path.display(),
-                        chain(&e)
-                    ),
-                }
-            }
         }
     }
 }
@@ -421,7 +439,7 @@ fn in_root_of(pid: u32, path: &Path) -> PathBuf {
     }
 }
 
-pub(crate) fn attach(
+fn attach(
     ebpf: &mut Ebpf,
     name: &'static str,
     path: &Path,
