@@ -8,6 +8,9 @@ use anyhow::Result;
 use crate::exec::{cargo, exec, path_with_cargo_bin, workspace_root};
 
 #[derive(clap::Args, Default)]
+// The group id defaults to the struct name; `run` flattens these into its own `Options`, and
+// two groups named "Options" make clap's debug assertions panic at start.
+#[group(id = "build_options")]
 pub struct Options {
     /// Build without optimisations (faster to compile, slower to run).
     #[arg(long)]

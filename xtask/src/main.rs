@@ -44,3 +44,17 @@ fn main() -> anyhow::Result<()> {
         Command::Fuzz(opts) => fuzz::run(&opts),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::Cli;
+
+    /// clap checks a command's definition only when it is used, and only in debug builds: this
+    /// checks every subcommand at once (a duplicate group id once made `cargo xtask run` panic).
+    #[test]
+    fn every_subcommand_definition_is_valid() {
+        Cli::command().debug_assert();
+    }
+}
