@@ -16,6 +16,7 @@ use std::{
 
 use serde_json::Value;
 
+pub mod bpf;
 pub mod otlp_sink;
 
 /// A valid W3C traceparent (the spec's example).
@@ -67,6 +68,8 @@ pub fn agent_command(wrapper: &[&str], extra_args: &[&str]) -> Command {
 /// A running agent with `--output json`; stopped with SIGINT on drop (SIGKILL if it hangs).
 pub struct Agent {
     child: Option<Child>,
+    /// Signals go to the child's process group (it leads one).
+    signal_group: bool,
     lines: Arc<Mutex<Vec<Value>>>,
     stderr: Arc<Mutex<String>>,
     reader: Option<thread::JoinHandle<()>>,
@@ -95,8 +98,25 @@ impl Agent {
     }
 
     #[track_caller]
-    fn start_command(mut cmd: Command) -> Self {
+    fn start_command(cmd: Command) -> Self {
+        Self::start_command_within(cmd, Duration::from_secs(30), false)
+    }
+
+    /// Starts `cmd` (which runs the agent with `--output json`, directly or through other
+    /// programs such as `cargo xtask run`) and waits up to `attach_within` for the agent to
+    /// attach its programs. With `own_group`, `cmd` leads a process group of its own and stop
+    /// signals go to the whole group, as a terminal's Ctrl-C does; else to `cmd`'s process.
+    #[track_caller]
+    pub fn start_command_within(
+        mut cmd: Command,
+        attach_within: Duration,
+        own_group: bool,
+    ) -> Self {
         require_root();
+        if own_group {
+            use std::os::unix::process::CommandExt as _;
+            cmd.process_group(0);
+        }
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -134,6 +154,7 @@ impl Agent {
         }
         let mut agent = Self {
             child: Some(child),
+            signal_group: own_group,
             lines,
             stderr: stderr_text,
             reader: Some(reader),
@@ -151,8 +172,8 @@ impl Agent {
                 );
             }
             assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "the agent did not attach its programs within 30 s:\n{}",
+                started.elapsed() < attach_within,
+                "the agent did not attach its programs within {attach_within:?}:\n{}",
                 agent.stderr()
             );
             thread::sleep(Duration::from_millis(20));
@@ -200,8 +221,7 @@ impl Agent {
     pub fn stop_with(mut self, signal: i32) -> (Vec<Value>, Duration) {
         let mut child = self.child.take().expect("running agent");
         let started = Instant::now();
-        // SAFETY: kill(2) on the pid of our own child, which has not been reaped yet.
-        unsafe { libc::kill(child.id() as i32, signal) };
+        signal_child(&child, self.signal_group, signal);
         let status = wait_timeout(&mut child, Duration::from_secs(10));
         let took = started.elapsed();
         if let Some(reader) = self.reader.take() {
@@ -229,14 +249,21 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            // SAFETY: as in `stop_with`.
-            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+            signal_child(&child, self.signal_group, libc::SIGINT);
             if wait_timeout(&mut child, Duration::from_secs(5)).is_none() {
                 let _killed = child.kill();
                 let _reaped = child.wait();
             }
         }
     }
+}
+
+/// Sends `signal` to our child `child`, or to the process group it leads.
+fn signal_child(child: &Child, group: bool, signal: i32) {
+    let pid = child.id() as i32;
+    // SAFETY: kill(2) on our own child, which has not been reaped yet (or on the group it
+    // leads, which exists as long as the leader is unreaped).
+    unsafe { libc::kill(if group { -pid } else { pid }, signal) };
 }
 
 fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {

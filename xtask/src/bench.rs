@@ -22,11 +22,6 @@ use crate::{
     setup,
 };
 
-/// Debian packages the benchmark drives. wrk measures saturation; Debian has no wrk2, vegeta
-/// or oha, and hey's `-q` limits each worker in a closed loop (a slow response delays the
-/// next request and hides the latency), so the fixed-rate load is our own open-loop
-/// generator (`tracegap-bench http-load`).
-const APT_PACKAGES: &[&str] = &["nginx-light", "wrk"];
 const BENCH_PACKAGE: &str = "tracegap-bench";
 
 #[derive(clap::Args)]
@@ -37,7 +32,7 @@ pub struct Options {
     /// A few seconds, for the tests: proves the bench runs; the numbers mean nothing.
     #[arg(long)]
     pub smoke: bool,
-    /// Use the agent binary already built (skip setup and build).
+    /// Use the agent binary already built (skip the build).
     #[arg(long)]
     pub no_build: bool,
 }
@@ -119,13 +114,14 @@ pub fn run(opts: &Options) -> Result<()> {
         );
     }
     let started = Instant::now();
+    // nginx and wrk (wrk measures saturation; hey's `-q` limits each worker in a closed loop,
+    // which hides latency, so the fixed-rate load is our own open-loop generator).
+    setup::run(setup::Scope::Bench, setup::Mode::Quiet)?;
     let agent_bin = if opts.no_build {
         build::agent_binary(false)
     } else {
-        setup::run(setup::Mode::Quiet)?;
         build::run(&build::Options::default())?
     };
-    install_packages()?;
     let bench_bin = build_workloads()?;
     let target = agent_bin
         .parent()
@@ -206,37 +202,6 @@ fn command_output(cmd: &mut Command) -> String {
     cmd.output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default()
-}
-
-/// Installs nginx and wrk when missing (like setup: check first, act only when needed).
-fn install_packages() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| {
-            !Command::new("dpkg-query")
-                .args(["-W", "-f=${db:Status-Abbrev}"])
-                .arg(p)
-                .output()
-                .is_ok_and(|o| o.stdout.starts_with(b"ii"))
-        })
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    eprintln!("bench: apt-get install {}", missing.join(" "));
-    exec(Command::new("apt-get").args(["update", "-q"]))?;
-    exec(
-        Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )?;
-    // Debian starts the packaged nginx on port 80; the benchmark runs its own instance.
-    let _stopped: std::io::Result<std::process::ExitStatus> = Command::new("systemctl")
-        .args(["disable", "--now", "nginx"])
-        .status();
-    Ok(())
 }
 
 /// Builds the workload generators (benches/) in release mode; returns the binary.

@@ -8,6 +8,8 @@ mod run;
 mod setup;
 mod test;
 
+use std::process::ExitCode;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -19,11 +21,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install what is missing (apt packages, bpf-linker) and mount bpffs. Idempotent.
-    Setup,
+    /// Install what is missing for a task (apt packages, bpf-linker, Python test fixtures).
+    /// Idempotent.
+    Setup {
+        /// What to install for: running the agent, the benchmark, or the tests (everything).
+        #[arg(long, value_enum, default_value_t = setup::Scope::Test)]
+        scope: setup::Scope,
+    },
     /// Build the eBPF object and the agent that embeds it.
     Build(build::Options),
-    /// Set up if needed, build, and run the agent as root. Arguments after `--` go to the agent.
+    /// Set up what the agent needs, build it, and run it as root. Arguments after `--` go to
+    /// the agent; its exit status is this command's.
     Run(run::Options),
     /// Set up if needed, build, and run all tests, including the root end-to-end tests.
     Test(test::Options),
@@ -34,20 +42,28 @@ enum Command {
     Fuzz(fuzz::Options),
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
-        Command::Setup => setup::run(setup::Mode::Verbose),
-        Command::Build(opts) => build::run(&opts).map(|_| ()),
+fn main() -> ExitCode {
+    let outcome = match Cli::parse().command {
+        Command::Setup { scope } => setup::run(scope, setup::Mode::Verbose).map(|()| 0),
+        Command::Build(opts) => build::run(&opts).map(|_| 0),
         Command::Run(opts) => run::run(opts),
-        Command::Test(opts) => test::run(&opts),
-        Command::Bench(opts) => bench::run(&opts),
-        Command::Fuzz(opts) => fuzz::run(&opts),
+        Command::Test(opts) => test::run(&opts).map(|()| 0),
+        Command::Bench(opts) => bench::run(&opts).map(|()| 0),
+        Command::Fuzz(opts) => fuzz::run(&opts).map(|()| 0),
+    };
+    match outcome {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            // Once, plainly: the chain of causes on one line, no backtrace.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory as _;
+    use clap::{error::ErrorKind, CommandFactory as _, Parser as _};
 
     use super::Cli;
 
@@ -56,5 +72,23 @@ mod tests {
     #[test]
     fn every_subcommand_definition_is_valid() {
         Cli::command().debug_assert();
+    }
+
+    /// `--help` of every subcommand renders (what a newcomer types first).
+    #[test]
+    fn every_subcommand_has_help() {
+        let names: Vec<String> = Cli::command()
+            .get_subcommands()
+            .map(|c| c.get_name().to_owned())
+            .collect();
+        assert!(names.len() >= 6, "{names:?}");
+        for name in names {
+            let err = match Cli::try_parse_from(["xtask", &name, "--help"]) {
+                Ok(_) => panic!("`{name} --help` parsed as a command"),
+                Err(e) => e,
+            };
+            assert_eq!(err.kind(), ErrorKind::DisplayHelp, "{name}: {err}");
+            assert!(err.to_string().contains("Usage:"), "{name}: {err}");
+        }
     }
 }

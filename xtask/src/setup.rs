@@ -1,7 +1,10 @@
-//! `cargo xtask setup`: installs the eBPF toolchain measured in shared/EBPF-TOOLCHAIN.md on a
-//! fresh Debian 12 machine, and mounts the kernel filesystems the agent needs.
+//! `cargo xtask setup`: installs what each task needs on a fresh Debian 12 machine, and no more.
 //!
-//! Every step checks first and only acts when something is missing, so a second run is fast.
+//! Three scopes, each a superset of the one before: [`Scope::Run`] is what building and running
+//! the agent needs (the eBPF toolchain measured in shared/EBPF-TOOLCHAIN.md); [`Scope::Bench`]
+//! adds the load tools; [`Scope::Test`] adds the clients, servers and SDKs the end-to-end tests
+//! drive (and the bench's tools, since the tests run a smoke bench). Every step checks first and
+//! only acts when something is missing, so a second run is fast.
 
 use std::{path::Path, process::Command, time::Instant};
 
@@ -9,24 +12,36 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::exec::{cargo, cargo_bin_dir, exec, is_root};
 
-/// Debian packages: Debian's rustc 1.96 with a prebuilt `core` for bpfel-unknown-none (rustup has
-/// no rust-src here, so `-Z build-std` is impossible), LLVM 22 for bpf-linker, and the tools the
-/// end-to-end tests drive. rustc-web 1.96 and the `-bpf` package come from bookworm-security.
-const APT_PACKAGES: &[&str] = &[
+/// What a task needs installed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Scope {
+    /// Build and run the agent (`cargo xtask run`, `build`).
+    Run,
+    /// Also the benchmark's load tools (`cargo xtask bench`).
+    Bench,
+    /// Also the end-to-end tests' clients, servers and SDKs (`cargo xtask test`).
+    Test,
+}
+
+/// Debian's rustc 1.96 with a prebuilt `core` for bpfel-unknown-none (rustup has no rust-src
+/// here, so `-Z build-std` is impossible), and LLVM 22 for bpf-linker. rustc-web 1.96 and the
+/// `-bpf` package come from bookworm-security.
+const RUN_APT_PACKAGES: &[&str] = &[
     "rustc-web",
     "libstd-rust-web-dev-bpf",
     "llvm-22-dev",
     "libpolly-22-dev",
     "zlib1g-dev",
     "libzstd-dev",
-    "curl",
-    "iproute2",
-    "bpftool",
-    "python3",
 ];
-/// Only for the tests, not in the image (deploy/Dockerfile): Go's crypto/tls capture tests build
-/// a Go HTTPS client and server (Go 1.19 on bookworm).
-const TEST_APT_PACKAGES: &[&str] = &["golang-go"];
+/// The benchmark: nginx as the server, wrk for saturation (Debian has no wrk2, vegeta or oha;
+/// the fixed-rate load is the bench's own generator), bpftool for the kernel floor and
+/// `bpf_stats`, curl to check the server.
+const BENCH_APT_PACKAGES: &[&str] = &["nginx-light", "wrk", "bpftool", "curl"];
+/// The end-to-end tests: curl and Python clients and servers, iproute2 for network namespaces,
+/// bpftool to check that programs are detached, and Debian's Go 1.19 to check the Go TLS
+/// probes on an older Go than the one on PATH.
+const TEST_APT_PACKAGES: &[&str] = &["curl", "iproute2", "bpftool", "python3", "golang-go"];
 
 /// The compiler used for the eBPF crate (see agent/build.rs).
 pub const BPF_RUSTC: &str = "/usr/bin/rustc";
@@ -47,56 +62,67 @@ const PIP_PACKAGES: &[&str] = &[
 const PIP_IMPORT_CHECK: &str = "import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http, \
      grpc, opentelemetry.instrumentation.grpc";
 
-const BPFFS: &str = "/sys/fs/bpf";
-
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// Say what is checked and done.
     Verbose,
-    /// Say only what is done (used by run/test before building).
+    /// Say only what is done (used by run/test/bench before building).
     Quiet,
 }
 
-pub fn run(mode: Mode) -> Result<()> {
+impl Scope {
+    fn apt_packages(self) -> Vec<&'static str> {
+        let mut packages = RUN_APT_PACKAGES.to_vec();
+        if self >= Scope::Bench {
+            packages.extend(BENCH_APT_PACKAGES);
+        }
+        if self >= Scope::Test {
+            packages.extend(TEST_APT_PACKAGES);
+        }
+        packages.sort_unstable();
+        packages.dedup();
+        packages
+    }
+
+    fn needs_python_sdk(self) -> bool {
+        self >= Scope::Test
+    }
+}
+
+pub fn run(scope: Scope, mode: Mode) -> Result<()> {
     let started = Instant::now();
-    let missing_packages = missing_apt_packages()?;
+    let missing_packages = missing_apt_packages(&scope.apt_packages())?;
     let bpf_rustc_ok = bpf_rustc_is_recent();
     let linker_ok = bpf_linker_installed();
-    let mounts = missing_mounts()?;
-    let pip_ok = python_sdk_installed();
+    let pip_ok = !scope.needs_python_sdk() || python_sdk_installed();
 
-    if missing_packages.is_empty() && bpf_rustc_ok && linker_ok && mounts.is_empty() && pip_ok {
+    if missing_packages.is_empty() && bpf_rustc_ok && linker_ok && pip_ok {
         if mode == Mode::Verbose {
             eprintln!(
-                "setup: everything present (apt packages, {BPF_RUSTC} >= 1.{MIN_BPF_RUSTC_MINOR}, \
-                 bpf-linker, Python test fixtures, bpffs) — checked in {:.2?}",
+                "setup ({scope:?}): everything present ({} apt packages, {BPF_RUSTC} >= \
+                 1.{MIN_BPF_RUSTC_MINOR}, bpf-linker{}) — checked in {:.2?}",
+                scope.apt_packages().len(),
+                if scope.needs_python_sdk() {
+                    ", Python test fixtures"
+                } else {
+                    ""
+                },
                 started.elapsed()
             );
         }
         return Ok(());
     }
 
-    if !is_root() {
-        let mut needs = Vec::new();
-        if !missing_packages.is_empty() || !bpf_rustc_ok {
-            needs.push(format!(
-                "installing apt packages ({})",
-                if missing_packages.is_empty() {
-                    "rustc-web upgrade".to_owned()
-                } else {
-                    missing_packages.join(" ")
-                }
-            ));
-        }
-        if !mounts.is_empty() {
-            needs.push(format!("mounting {}", mounts.join(" and ")));
-        }
-        if !needs.is_empty() {
-            bail!(
-                "setup needs root for: {}. Run `sudo -E cargo xtask setup` (or run as root).",
-                needs.join("; ")
-            );
-        }
+    if !is_root() && (!missing_packages.is_empty() || !bpf_rustc_ok) {
+        bail!(
+            "setup needs root to install apt packages ({}). Run `sudo -E cargo xtask setup` (or \
+             run as root).",
+            if missing_packages.is_empty() {
+                "rustc-web upgrade".to_owned()
+            } else {
+                missing_packages.join(" ")
+            }
+        );
     }
 
     if !missing_packages.is_empty() || !bpf_rustc_ok {
@@ -107,10 +133,10 @@ pub fn run(mode: Mode) -> Result<()> {
         eprintln!(
             "setup: apt-get update (rustc-web 1.96 and its BPF core come from bookworm-security)"
         );
-        exec(Command::new("apt-get").args(["update", "-q"]))?;
+        exec(apt().args(["update", "-q"]))?;
         eprintln!("setup: apt-get install {}", to_install.join(" "));
         exec(
-            Command::new("apt-get")
+            apt()
                 .args(["install", "-y", "-q", "--no-install-recommends"])
                 .args(&to_install)
                 .env("DEBIAN_FRONTEND", "noninteractive"),
@@ -120,6 +146,13 @@ pub fn run(mode: Mode) -> Result<()> {
                 "{BPF_RUSTC} is still older than 1.{MIN_BPF_RUSTC_MINOR} or {BPF_CORE_DIR} is missing \
                  after installing rustc-web/libstd-rust-web-dev-bpf: is bookworm-security in the apt sources?"
             );
+        }
+        if to_install.iter().any(|p| p == "nginx-light") {
+            // Debian starts the packaged nginx on port 80; the benchmark runs its own instance.
+            let _stopped: std::io::Result<std::process::ExitStatus> = Command::new("systemctl")
+                .stdout(std::io::stderr())
+                .args(["disable", "--now", "nginx"])
+                .status();
         }
     }
 
@@ -146,6 +179,7 @@ pub fn run(mode: Mode) -> Result<()> {
         );
         exec(
             Command::new("python3")
+                .stdout(std::io::stderr())
                 .args([
                     "-m",
                     "pip",
@@ -157,25 +191,28 @@ pub fn run(mode: Mode) -> Result<()> {
         )?;
     }
 
-    for mount in &mounts {
-        mount_fs(mount)?;
-    }
-    eprintln!("setup: done in {:.1?}", started.elapsed());
+    eprintln!("setup ({scope:?}): done in {:.1?}", started.elapsed());
     Ok(())
 }
 
-fn missing_apt_packages() -> Result<Vec<String>> {
+/// apt-get with its progress on stderr: stdout belongs to the agent that `cargo xtask run`
+/// starts next (`cargo xtask run -- --output json > findings.jsonl`).
+fn apt() -> Command {
+    let mut cmd = Command::new("apt-get");
+    cmd.stdout(std::io::stderr());
+    cmd
+}
+
+fn missing_apt_packages(packages: &[&str]) -> Result<Vec<String>> {
     let output = Command::new("dpkg-query")
         .args(["-W", "-f=${Package} ${db:Status-Abbrev}\n"])
-        .args(APT_PACKAGES)
-        .args(TEST_APT_PACKAGES)
+        .args(packages)
         .output()
         .context("failed to run dpkg-query: is this a Debian machine?")?;
     // dpkg-query exits 1 when some package is unknown; the listed lines are still valid.
     let listed = String::from_utf8_lossy(&output.stdout);
-    Ok(APT_PACKAGES
+    Ok(packages
         .iter()
-        .chain(TEST_APT_PACKAGES)
         .filter(|pkg| {
             !listed.lines().any(|line| {
                 let mut parts = line.split_whitespace();
@@ -217,24 +254,27 @@ fn python_sdk_installed() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn missing_mounts() -> Result<Vec<&'static str>> {
-    let mounts = std::fs::read_to_string("/proc/mounts").context("failed to read /proc/mounts")?;
-    let mounted = |fstype: &str, dir: &str| {
-        mounts.lines().any(|line| {
-            let mut f = line.split_whitespace();
-            let (_, mountpoint, ty) = (f.next(), f.next(), f.next());
-            mountpoint == Some(dir) && ty == Some(fstype)
-        })
-    };
-    let mut missing = Vec::new();
-    if !mounted("bpf", BPFFS) {
-        missing.push(BPFFS);
-    }
-    Ok(missing)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn mount_fs(dir: &str) -> Result<()> {
-    let fstype = "bpf";
-    eprintln!("setup: mount -t {fstype} {fstype} {dir}");
-    exec(Command::new("mount").args(["-t", fstype, fstype, dir]))
+    #[test]
+    fn running_the_agent_installs_no_test_or_bench_package() {
+        let run = Scope::Run.apt_packages();
+        for pkg in TEST_APT_PACKAGES.iter().chain(BENCH_APT_PACKAGES) {
+            assert!(!run.contains(pkg), "{pkg} is installed for `run`");
+        }
+        assert!(!Scope::Run.needs_python_sdk());
+    }
+
+    #[test]
+    fn scopes_grow() {
+        let (run, bench, test) = (
+            Scope::Run.apt_packages(),
+            Scope::Bench.apt_packages(),
+            Scope::Test.apt_packages(),
+        );
+        assert!(run.iter().all(|p| bench.contains(p)));
+        assert!(bench.iter().all(|p| test.contains(p)));
+    }
 }

@@ -29,7 +29,7 @@ pub fn run(opts: &Options) -> Result<()> {
              run `sudo -E cargo xtask test`, or run as root"
         );
     }
-    setup::run(setup::Mode::Quiet)?;
+    setup::run(setup::Scope::Test, setup::Mode::Quiet)?;
     let build_opts = build::Options::default();
     let agent = build::run(&build_opts)?;
 
