@@ -193,41 +193,8 @@ pub struct H2Conn {
 }
 const _: () = assert!(size_of::<H2Conn>() == 4);
 
-/// Per-CPU counters, indexed by these values. Every exit that loses data has one.
-pub mod counter {
-    /// Send/receive syscalls whose first bytes were read and checked for an HTTP method.
-    pub const INSPECTED: u32 = 0;
-    /// Requests written to the ring buffer.
-    pub const CAPTURED: u32 = 1;
-    /// Captured requests whose syscall carried more than the capture cap.
-    pub const TRUNCATED: u32 = 2;
-    /// Requests lost because the ring buffer was full.
-    pub const RINGBUF_FULL: u32 = 3;
-    /// Syscalls whose user buffer could not be read (bpf_probe_read_user failed).
-    pub const READ_FAILED: u32 = 4;
-    /// Receive syscalls not followed because another thread held their stash slot.
-    pub const STASH_FULL: u32 = 5;
-    /// TLS ClientHello records sent at the syscall level (bytes `16 03 .. .. .. 01`): TLS
-    /// connections started, whether or not a TLS library probe sees their plaintext.
-    pub const TLS_CLIENT_HELLOS: u32 = 6;
-    /// HTTP/2 connections whose client preface was seen (followed from their start).
-    pub const H2_CONNECTIONS: u32 = 7;
-    /// HTTP/2 connections joined mid-way (a request HEADERS frame without a preface seen,
-    /// e.g. opened before the agent started): their calls are undetermined.
-    pub const H2_JOINED: u32 = 8;
-    pub const COUNT: u32 = 9;
-    pub const NAMES: [&str; COUNT as usize] = [
-        "inspected",
-        "captured",
-        "truncated",
-        "ringbuf_full",
-        "read_failed",
-        "stash_full",
-        "tls_client_hellos",
-        "h2_connections",
-        "h2_joined",
-    ];
-}
+mod counter;
+pub use counter::Counter;
 
 #[cfg(feature = "user")]
 mod user {

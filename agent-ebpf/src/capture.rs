@@ -1,8 +1,8 @@
 //! The capture path shared by every send and receive hook: cheap HTTP check, copy, ring buffer.
 
 use agent_common::{
-    counter, family, flags, EventBuf, H2Conn, SocketKey, CAPTURE_CAP_MAX, EVENT_HEADER_LEN,
-    MAX_IOVECS, MIN_REQUEST_LEN,
+    family, flags, syscall, Counter, EventBuf, H2Conn, SocketKey, CAPTURE_CAP_MAX,
+    EVENT_HEADER_LEN, MAX_IOVECS, MIN_REQUEST_LEN,
 };
 use aya_ebpf::{
     cty::c_void,
@@ -12,7 +12,10 @@ use aya_ebpf::{
     },
 };
 
-use crate::{count, h2, CAPTURE_CAP, EVENTS, PEERS, SCRATCH};
+use crate::{
+    h2,
+    maps::{count, CAPTURE_CAP, EVENTS, PEERS, SCRATCH},
+};
 
 /// Where the syscall's bytes are in user memory.
 #[derive(Clone, Copy)]
@@ -105,34 +108,57 @@ pub fn read_user<T>(addr: u64) -> Option<T> {
     (ret == 0).then(|| unsafe { value.assume_init() })
 }
 
+/// `flags::TLS` for events from the `SSL_*` probes and the Go `crypto/tls` probes.
+#[inline(always)]
+pub const fn tls_flag(kind: u8) -> u8 {
+    if (kind >= syscall::SSL_WRITE && kind <= syscall::SSL_READ_EX)
+        || kind == syscall::GO_TLS_WRITE
+        || kind == syscall::GO_TLS_READ
+    {
+        flags::TLS
+    } else {
+        0
+    }
+}
+
+/// What [`capture`] made of the bytes.
+pub enum Seen {
+    /// Captured (or lost, counted): an HTTP request, or HTTP/2 frames.
+    Request,
+    /// Too short to inspect, or nothing to read.
+    Nothing,
+    /// Inspected and not HTTP: the first 8 bytes, for the TLS record check of the caller.
+    Other(u64),
+}
+
 /// Captures the syscall's bytes if they start an HTTP request or belong to the request side of
 /// an HTTP/2 connection.
 #[inline(always)]
-pub fn capture(sys: &Syscall, src: Source) -> Result<(), ()> {
+pub fn capture(sys: &Syscall, src: Source) -> Result<Seen, ()> {
     let tgid = (sys.pid_tgid >> 32) as u32;
-    let tls = crate::tls::flag(sys.syscall) != 0;
+    let tls = tls_flag(sys.syscall) != 0;
     if let Some(conn) = h2::marked(tgid, sys.fd, sys.direction, tls) {
-        return copy_and_submit(sys, src, Some(conn));
+        return copy_and_submit(sys, src, Some(conn)).map(|()| Seen::Request);
     }
     if matches!(sys.len, Some(len) if len < MIN_REQUEST_LEN) {
-        return Ok(());
+        return Ok(Seen::Nothing);
     }
     let first = match src {
         Source::Buf(ptr) => ptr,
         Source::Iov { iov, count: iovcnt } => {
             if iovcnt == 0 {
-                return Ok(());
+                return Ok(Seen::Nothing);
             }
             let Some(base) = read_user::<u64>(iov) else {
-                count(counter::READ_FAILED);
+                count(Counter::ReadFailed);
                 return Err(());
             };
             base
         }
     };
-    count(counter::INSPECTED);
+    count(Counter::Inspected);
     let Some(first8) = read_user::<u64>(first) else {
-        count(counter::READ_FAILED);
+        count(Counter::ReadFailed);
         return Err(());
     };
     if is_http_request(first8) {
@@ -141,16 +167,15 @@ pub fn capture(sys: &Syscall, src: Source) -> Result<(), ()> {
         } else {
             None
         };
-        return copy_and_submit(sys, src, conn);
+        return copy_and_submit(sys, src, conn).map(|()| Seen::Request);
     }
     // A HEADERS frame's length field starts with a zero byte; most other traffic does not.
     if first8 & 0xff == 0 && first8 >> 24 & 0xff == 1 {
         if let Some(conn) = late_h2_request(sys, tgid, tls, first) {
-            return copy_and_submit(sys, src, Some(conn));
+            return copy_and_submit(sys, src, Some(conn)).map(|()| Seen::Request);
         }
     }
-    crate::tls::note_ciphertext(sys, first8);
-    Ok(())
+    Ok(Seen::Other(first8))
 }
 
 /// A connection opened before the agent: its first request HEADERS frame marks it (h2.rs).
@@ -197,6 +222,7 @@ extern "C" fn iov_step(index: u64, ctx: *mut c_void) -> i64 {
         return 0;
     }
     let Some(buf) = SCRATCH.get_ptr_mut(0) else {
+        count(Counter::ScratchUnavailable);
         return 1;
     };
     let room = walk.valid - walk.captured;
@@ -223,13 +249,16 @@ extern "C" fn iov_step(index: u64, ctx: *mut c_void) -> i64 {
 /// bytes are HTTP/2 frames: a lost record is remembered there and flagged on the next one.
 #[inline(always)]
 fn copy_and_submit(sys: &Syscall, src: Source, h2: Option<*mut H2Conn>) -> Result<(), ()> {
-    let buf = SCRATCH.get_ptr_mut(0).ok_or(())?;
+    let Some(buf) = SCRATCH.get_ptr_mut(0) else {
+        count(Counter::ScratchUnavailable);
+        return Err(());
+    };
     // SAFETY: the per-CPU scratch slot is ours for the duration of this program run.
     let buf: &mut EventBuf = unsafe { &mut *buf };
     let cap = clamp_to_cap(u64::from(CAPTURE_CAP.load()));
     let data = buf.data.as_mut_ptr();
     let mut event_flags = 0u8;
-    let mut captured = 0u64;
+    let captured;
     let total_len;
 
     match src {
@@ -238,7 +267,7 @@ fn copy_and_submit(sys: &Syscall, src: Source, h2: Option<*mut H2Conn>) -> Resul
             let n = clamp_to_cap(if len < cap { len } else { cap });
             // SAFETY: n <= CAPTURE_CAP_MAX and `data` has 2 * CAPTURE_CAP_MAX bytes.
             if unsafe { bpf_probe_read_user(data.cast(), n as u32, ptr as *const _) } != 0 {
-                count(counter::READ_FAILED);
+                count(Counter::ReadFailed);
                 return Err(());
             }
             captured = n;
@@ -305,7 +334,7 @@ fn copy_and_submit(sys: &Syscall, src: Source, h2: Option<*mut H2Conn>) -> Resul
             h2_flags |= flags::H2_GAP;
         }
     }
-    header.flags = event_flags | h2_flags | crate::tls::flag(sys.syscall);
+    header.flags = event_flags | h2_flags | tls_flag(sys.syscall);
     header._pad0 = [0];
     // SAFETY: the LRU map value is copied out at once.
     match unsafe { PEERS.get(SocketKey { tgid, fd: sys.fd }) } {
@@ -334,12 +363,12 @@ fn copy_and_submit(sys: &Syscall, src: Source, h2: Option<*mut H2Conn>) -> Resul
         unsafe { (*conn).gap = u8::from(ret.is_err()) };
     }
     if ret.is_err() {
-        count(counter::RINGBUF_FULL);
+        count(Counter::RingbufFull);
         return Err(());
     }
-    count(counter::CAPTURED);
+    count(Counter::Captured);
     if total_len > captured || event_flags != 0 {
-        count(counter::TRUNCATED);
+        count(Counter::Truncated);
     }
     Ok(())
 }

@@ -15,7 +15,7 @@
 //! at entry keyed by goroutine, not thread: a goroutine can enter on one thread and return on
 //! another.
 
-use agent_common::{counter, direction, syscall, GO_TLS_STASH_ENTRIES};
+use agent_common::{direction, syscall, Counter, GO_TLS_STASH_ENTRIES};
 use aya_ebpf::{
     helpers::generated::bpf_get_attach_cookie,
     macros::{map, uprobe},
@@ -26,7 +26,7 @@ use aya_ebpf::{
 
 use crate::{
     capture::{capture, read_user, Source, Syscall},
-    count, current_tgid_unless_agent,
+    maps::{count, current_tgid_unless_agent},
 };
 
 /// A goroutine of a process.
@@ -96,7 +96,7 @@ fn try_write(ctx: &ProbeContext) -> Result<(), ()> {
         syscall: syscall::GO_TLS_WRITE,
         len: Some(len),
     };
-    capture(&sys, Source::Buf(buf))
+    capture(&sys, Source::Buf(buf)).map(|_| ())
 }
 
 #[inline(always)]
@@ -116,7 +116,7 @@ fn try_read_entry(ctx: &ProbeContext) -> Result<(), ()> {
     // Every call is stashed, short buffers included, so that the return always finds (and
     // removes) the entry of this call and never a stale one of an earlier call.
     if GO_TLS_READS.insert(&key, &call, 0).is_err() {
-        count(counter::STASH_FULL);
+        count(Counter::StashFull);
         return Err(());
     }
     Ok(())
@@ -131,9 +131,13 @@ fn try_read_ret(ctx: &ProbeContext) -> Result<(), ()> {
         _pad0: 0,
         goroutine: regs.r14,
     };
-    // SAFETY: the value is copied out before the entry is removed. No entry: the call began
-    // before the probe was attached.
-    let call = *unsafe { GO_TLS_READS.get(&key) }.ok_or(())?;
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(&call) = (unsafe { GO_TLS_READS.get(&key) }) else {
+        // The call began before the probe was attached (a server goroutine already waiting in
+        // `Read`), or the LRU map evicted the entry.
+        count(Counter::TlsReturnUnmatched);
+        return Err(());
+    };
     let _ignored = GO_TLS_READS.remove(&key);
     // n in RAX (an `int`: negative never happens, but the register is not trusted).
     let n = regs.rax as i64;
@@ -154,7 +158,7 @@ fn try_read_ret(ctx: &ProbeContext) -> Result<(), ()> {
         syscall: syscall::GO_TLS_READ,
         len: Some(len),
     };
-    capture(&sys, Source::Buf(call.buf))
+    capture(&sys, Source::Buf(call.buf)).map(|_| ())
 }
 
 /// The socket of a `*tls.Conn`, or -1. Layout (checked with `unsafe.Offsetof`/reflect on Go
@@ -169,18 +173,21 @@ fn try_read_ret(ctx: &ProbeContext) -> Result<(), ()> {
 /// gives -1 (peer unknown), as does any failed read.
 #[inline(always)]
 fn conn_fd(conn: u64) -> i32 {
-    let Some(data) = read_user::<u64>(conn.wrapping_add(8)) else {
-        return -1;
-    };
-    let Some(netfd) = read_user::<u64>(data) else {
-        return -1;
-    };
-    let Some(sysfd) = read_user::<i64>(netfd.wrapping_add(16)) else {
-        return -1;
-    };
-    if (0..=i64::from(i32::MAX)).contains(&sysfd) {
-        sysfd as i32
-    } else {
-        -1
+    match sysfd(conn) {
+        Some(fd) => fd,
+        None => {
+            count(Counter::GoTlsFdUnknown);
+            -1
+        }
     }
+}
+
+#[inline(always)]
+fn sysfd(conn: u64) -> Option<i32> {
+    let data = read_user::<u64>(conn.wrapping_add(8))?;
+    let netfd = read_user::<u64>(data)?;
+    let sysfd = read_user::<i64>(netfd.wrapping_add(16))?;
+    (0..=i64::from(i32::MAX))
+        .contains(&sysfd)
+        .then_some(sysfd as i32)
 }

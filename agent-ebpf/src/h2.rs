@@ -8,9 +8,22 @@
 //! at the start of a send or receive marks it too, as `late`: userspace counts its calls as
 //! undetermined (the HPACK table is unknown) instead of missing them silently.
 
-use agent_common::{counter, H2Conn, SocketKey, H2_PROCS_ENTRIES};
+use agent_common::{Counter, H2Conn, SocketKey, H2_CONNS_ENTRIES, H2_PROCS_ENTRIES};
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, LruHashMap},
+};
 
-use crate::{count, H2_CONNS, H2_PROCS};
+use crate::maps::count;
+
+/// HTTP/2 connections followed; userspace removes entries it finds are not HTTP/2.
+#[map]
+pub static H2_CONNS: LruHashMap<SocketKey, H2Conn> =
+    LruHashMap::with_max_entries(H2_CONNS_ENTRIES, 0);
+
+/// tgid of a process with HTTP/2 connections, in slot `tgid % H2_PROCS_ENTRIES`.
+#[map]
+static H2_PROCS: Array<u32> = Array::with_max_entries(H2_PROCS_ENTRIES, 0);
 
 /// `PRI * HT` as a little-endian u64: the first 8 bytes of the client preface.
 pub const PREFACE_PREFIX: u64 = u64::from_le_bytes(*b"PRI * HT");
@@ -56,16 +69,26 @@ pub fn mark(tgid: u32, fd: i32, dir: u8, tls: bool, late: bool) -> Option<*mut H
         gap: u8::from(late),
         late: u8::from(late),
     };
-    H2_CONNS.insert(key, conn, 0).ok()?;
+    if H2_CONNS.insert(key, conn, 0).is_err() {
+        count(Counter::H2NotFollowed);
+        return None;
+    }
     if let Some(hint) = H2_PROCS.get_ptr_mut(slot(tgid)) {
         // SAFETY: an array slot; a racing writer stores another tgid, which only costs that
         // process its hint (its connections are then followed again at their next mark).
-        unsafe { *hint = tgid };
+        unsafe {
+            if *hint != tgid {
+                if *hint != 0 {
+                    count(Counter::H2HintReplaced);
+                }
+                *hint = tgid;
+            }
+        }
     }
     count(if late {
-        counter::H2_JOINED
+        Counter::H2Joined
     } else {
-        counter::H2_CONNECTIONS
+        Counter::H2Connections
     });
     H2_CONNS.get_ptr_mut(key)
 }

@@ -2,13 +2,17 @@
 //! where it is (in a per-thread slot) and `sys_exit` copies what the syscall returned (the
 //! pattern Pixie uses). The slot is freed on every exit, errors included.
 
+use agent_common::{direction, syscall, Counter, MIN_REQUEST_LEN, RECV_STASH_ENTRIES};
+use aya_ebpf::{macros::map, maps::Array};
+
 use crate::{
+    args::Args,
     capture::{capture, Source, Syscall},
-    count, current_tgid_unless_agent,
-    tp::Args,
-    RECV_STASH,
+    h2,
+    maps::{count, current_tgid_unless_agent},
+    socket::msghdr_iov,
+    tls::note_if_ciphertext,
 };
-use agent_common::{counter, direction, syscall, MIN_REQUEST_LEN, RECV_STASH_ENTRIES};
 
 /// A receive syscall between its enter and exit tracepoints.
 #[repr(C)]
@@ -24,6 +28,12 @@ pub struct RecvArgs {
     _pad0: [u8; 3],
 }
 const _: () = assert!(core::mem::size_of::<RecvArgs>() == 32);
+
+/// Receive syscalls between enter and exit, in slot `tid % RECV_STASH_ENTRIES` (checked against
+/// pid_tgid). An array, not a hash: every read on the host passes here, and an array lookup is
+/// inlined by the verifier and takes no lock (a hash insert + lookup + delete cost ~600 ns).
+#[map]
+static RECV_STASH: Array<RecvArgs> = Array::with_max_entries(RECV_STASH_ENTRIES, 0);
 
 /// `read(fd, buf, count)`: most servers.
 #[inline(always)]
@@ -46,7 +56,7 @@ pub fn on_readv(args: &Args) {
 /// `recvmsg(fd, msg, flags)`.
 #[inline(always)]
 pub fn on_recvmsg(args: &Args) {
-    if let Some((iov, iovcnt)) = crate::socket::msghdr_iov(args.get(1)) {
+    if let Some((iov, iovcnt)) = msghdr_iov(args.get(1)) {
         stash(args, syscall::RECVMSG, iov, iovcnt);
     }
 }
@@ -75,7 +85,7 @@ fn stash(args: &Args, kind: u8, ptr: u64, iovcnt: u64) {
     };
     // Short reads are only of interest on HTTP/2 connections (a Go server reads the 9-byte
     // frame header on its own). `iovcnt` 0 means a plain buffer of `args[2]` bytes.
-    if iovcnt == 0 && args.get(2) < MIN_REQUEST_LEN && !crate::h2::process_has_h2(tgid) {
+    if iovcnt == 0 && args.get(2) < MIN_REQUEST_LEN && !h2::process_has_h2(tgid) {
         return;
     }
     let Some(slot) = slot(pid_tgid) else {
@@ -86,7 +96,7 @@ fn stash(args: &Args, kind: u8, ptr: u64, iovcnt: u64) {
     let slot = unsafe { &mut *slot };
     if slot.pid_tgid != 0 && slot.pid_tgid != pid_tgid {
         // Another thread with the same slot is inside a receive: its capture is lost.
-        count(counter::STASH_FULL);
+        count(Counter::StashFull);
     }
     *slot = RecvArgs {
         pid_tgid,
@@ -128,5 +138,5 @@ fn try_exit(returned: i64) -> Result<(), ()> {
             count: args.iovcnt,
         }
     };
-    capture(&sys, src)
+    note_if_ciphertext(&sys, capture(&sys, src))
 }

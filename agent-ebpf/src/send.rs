@@ -3,9 +3,11 @@
 use agent_common::{direction, syscall};
 
 use crate::{
+    args::Args,
     capture::{capture, Source, Syscall},
-    current_tgid_unless_agent,
-    tp::Args,
+    maps::current_tgid_unless_agent,
+    socket::msghdr_iov,
+    tls::note_if_ciphertext,
 };
 
 /// `write(fd, buf, count)`: Go net/http.
@@ -29,7 +31,7 @@ pub fn on_writev(args: &Args) {
 /// `sendmsg(fd, msg, flags)`.
 #[inline(always)]
 pub fn on_sendmsg(args: &Args) {
-    if let Some((iov, count)) = crate::socket::msghdr_iov(args.get(1)) {
+    if let Some((iov, count)) = msghdr_iov(args.get(1)) {
         let _ignored = try_send_iov(args, syscall::SENDMSG, iov, count);
     }
 }
@@ -46,7 +48,7 @@ fn try_send_buf(args: &Args, kind: u8) -> Result<(), ()> {
         syscall: kind,
         len: Some(len),
     };
-    capture(&sys, Source::Buf(args.get(1)))
+    note_if_ciphertext(&sys, capture(&sys, Source::Buf(args.get(1))))
 }
 
 #[inline(always)]
@@ -62,5 +64,5 @@ fn try_send_iov(args: &Args, kind: u8, iov: u64, count: u64) -> Result<(), ()> {
         syscall: kind,
         len: None,
     };
-    capture(&sys, Source::Iov { iov, count })
+    note_if_ciphertext(&sys, capture(&sys, Source::Iov { iov, count }))
 }

@@ -1,13 +1,21 @@
 //! Socket bookkeeping: the peer address of connected sockets, and `struct msghdr` access.
 
-use crate::{capture::read_user, current_tgid_unless_agent, tp::Args, PEERS};
-use agent_common::{family, Peer, SocketKey};
+use agent_common::{family, Counter, Peer, SocketKey};
+
+use crate::{
+    args::Args,
+    capture::read_user,
+    h2,
+    maps::{count, current_tgid_unless_agent, PEERS},
+};
 
 /// `connect(fd, addr, addrlen)`: remember the peer, so that requests on the socket name it even
 /// when the process exits before userspace can look at /proc.
 #[inline(always)]
 pub fn on_connect(args: &Args) {
-    let _ignored = try_connect(args);
+    if try_connect(args).is_err() {
+        count(Counter::PeerNotRecorded);
+    }
 }
 
 /// `close(fd)`: forget the peer, so that a later socket on the same fd number is not misnamed.
@@ -16,13 +24,15 @@ pub fn on_close(args: &Args) {
     if let Some((_, tgid)) = current_tgid_unless_agent() {
         let fd = args.get(0) as i32;
         let _ignored = PEERS.remove(SocketKey { tgid, fd });
-        crate::h2::forget(tgid, fd);
+        h2::forget(tgid, fd);
     }
 }
 
 #[inline(always)]
 fn try_connect(args: &Args) -> Result<(), ()> {
-    let (_, tgid) = current_tgid_unless_agent().ok_or(())?;
+    let Some((_, tgid)) = current_tgid_unless_agent() else {
+        return Ok(());
+    };
     let addr = args.get(1);
     // struct sockaddr_in: family u16, port u16 (network order), addr [u8; 4].
     let head: [u8; 8] = read_user(addr).ok_or(())?;

@@ -16,26 +16,30 @@
 //! inside `SSL_write`, so the fd (and the peer remembered at `connect`) is known; with a memory
 //! BIO (Node) the socket write happens after the call returns and the fd stays -1.
 
-use agent_common::{counter, direction, family, flags, syscall, EventHeader};
+use agent_common::{
+    direction, family, syscall, Counter, EventHeader, TLS_STASH_ENTRIES,
+};
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_comm,
         generated::{bpf_get_attach_cookie, bpf_ktime_get_ns},
     },
-    macros::{raw_tracepoint, uprobe, uretprobe},
+    macros::{map, raw_tracepoint, uprobe, uretprobe},
+    maps::LruHashMap,
     programs::{ProbeContext, RawTracePointContext, RetProbeContext},
     EbpfContext as _,
 };
+use aya_log_ebpf::warn;
 
 use crate::{
-    capture::{capture, read_user, Source, Syscall},
-    count, current_tgid_unless_agent, EVENTS, TLS_STASH,
+    capture::{capture, read_user, Seen, Source, Syscall},
+    maps::{count, current_tgid_unless_agent, EVENTS},
 };
 
 /// An OpenSSL call between its uprobe and uretprobe.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct TlsCall {
+struct TlsCall {
     buf: u64,
     /// `num`: bytes to write, or the size of the read buffer.
     num: u64,
@@ -47,6 +51,10 @@ pub struct TlsCall {
     _pad0: [u8; 3],
 }
 const _: () = assert!(core::mem::size_of::<TlsCall>() == 32);
+
+/// OpenSSL calls between uprobe and uretprobe, keyed by pid_tgid.
+#[map]
+static TLS_STASH: LruHashMap<u64, TlsCall> = LruHashMap::with_max_entries(TLS_STASH_ENTRIES, 0);
 
 /// Entry of all four functions; the attach cookie is the function's `syscall::SSL_*` id:
 /// `int SSL_write(SSL *ssl, const void *buf, int num)` (curl, Node),
@@ -103,7 +111,7 @@ fn try_exec() -> Result<(), ()> {
         _pad0: [0],
     };
     if EVENTS.output::<EventHeader>(&header, 0).is_err() {
-        count(counter::RINGBUF_FULL);
+        count(Counter::RingbufFull);
         return Err(());
     }
     Ok(())
@@ -117,43 +125,26 @@ const fn is_write(kind: u8) -> bool {
     kind == syscall::SSL_WRITE || kind == syscall::SSL_WRITE_EX
 }
 
-/// `flags::TLS` for events from the `SSL_*` probes and the Go `crypto/tls` probes (gotls.rs).
-#[inline(always)]
-pub const fn flag(kind: u8) -> u8 {
-    if (kind >= syscall::SSL_WRITE && kind <= syscall::SSL_READ_EX)
-        || kind == syscall::GO_TLS_WRITE
-        || kind == syscall::GO_TLS_READ
-    {
-        flags::TLS
-    } else {
-        0
-    }
-}
-
 #[inline(always)]
 fn try_enter(ctx: &ProbeContext, kind: u8) -> Result<(), ()> {
     let (pid_tgid, _) = current_tgid_unless_agent().ok_or(())?;
-    let buf: u64 = ctx.arg(1).ok_or(())?;
-    let num: u64 = if is_ex(kind) {
-        ctx.arg(2).ok_or(())?
-    } else {
-        // An `int`: the upper half of the register is not defined.
-        let n: i32 = ctx.arg(2).ok_or(())?;
-        if n < 0 {
-            return Ok(());
-        }
-        n as u64
+    let (Some(buf), Some(num), Some(count_ptr)) = (
+        ctx.arg::<u64>(1),
+        if is_ex(kind) {
+            ctx.arg::<u64>(2)
+        } else {
+            // An `int`: the upper half of the register is not defined; a negative one writes
+            // or reads nothing.
+            ctx.arg::<i32>(2).map(|n| if n < 0 { 0 } else { n as u64 })
+        },
+        if is_ex(kind) { ctx.arg::<u64>(3) } else { Some(0) },
+    ) else {
+        count(Counter::ArgsUnreadable);
+        return Err(());
     };
-    // Short calls are stashed too: on an HTTP/2 connection a frame can be short (`capture`
-    // drops them on other connections).
-    if num == 0 {
-        return Ok(());
-    }
-    let count_ptr: u64 = if is_ex(kind) {
-        ctx.arg(3).ok_or(())?
-    } else {
-        0
-    };
+    // Every call is stashed, empty ones and short ones included (on an HTTP/2 connection a
+    // frame can be short; `capture` drops short calls elsewhere), so that a return without an
+    // entry always means a call this program did not see begin (counted at the return).
     let call = TlsCall {
         buf,
         num,
@@ -163,7 +154,9 @@ fn try_enter(ctx: &ProbeContext, kind: u8) -> Result<(), ()> {
         _pad0: [0; 3],
     };
     if TLS_STASH.insert(pid_tgid, call, 0).is_err() {
-        count(counter::STASH_FULL);
+        count(Counter::StashFull);
+        // Rare: an LRU map refuses an insert only under memory pressure.
+        warn!(ctx, "TLS call not followed: stash insert failed");
         return Err(());
     }
     Ok(())
@@ -171,9 +164,13 @@ fn try_enter(ctx: &ProbeContext, kind: u8) -> Result<(), ()> {
 
 #[inline(always)]
 fn try_ret(ctx: &RetProbeContext) -> Result<(), ()> {
-    let pid_tgid = bpf_get_current_pid_tgid();
+    let (pid_tgid, _) = current_tgid_unless_agent().ok_or(())?;
     // SAFETY: the value is copied out before the entry is removed.
-    let call = *unsafe { TLS_STASH.get(pid_tgid) }.ok_or(())?;
+    let Some(&call) = (unsafe { TLS_STASH.get(pid_tgid) }) else {
+        // Entered before the probe was attached, or the LRU map evicted the entry.
+        count(Counter::TlsReturnUnmatched);
+        return Err(());
+    };
     let _ignored = TLS_STASH.remove(pid_tgid);
     // All four return an `int`.
     let returned: i32 = ctx.ret();
@@ -183,7 +180,7 @@ fn try_ret(ctx: &RetProbeContext) -> Result<(), ()> {
             return Ok(());
         }
         let Some(n) = read_user::<u64>(call.count_ptr) else {
-            count(counter::READ_FAILED);
+            count(Counter::ReadFailed);
             return Err(());
         };
         n
@@ -209,14 +206,24 @@ fn try_ret(ctx: &RetProbeContext) -> Result<(), ()> {
         syscall: call.syscall,
         len: Some(len),
     };
-    capture(&sys, Source::Buf(call.buf))
+    capture(&sys, Source::Buf(call.buf)).map(|_| ())
+}
+
+/// Called by the syscall hooks after [`capture`]: bytes that are not HTTP may be a TLS record
+/// that names the socket of the OpenSSL call the thread is in.
+#[inline(always)]
+pub fn note_if_ciphertext(sys: &Syscall, seen: Result<Seen, ()>) -> Result<(), ()> {
+    if let Seen::Other(first8) = seen? {
+        note_ciphertext(sys, first8);
+    }
+    Ok(())
 }
 
 /// Called by the syscall hooks for bytes that are not an HTTP request. A TLS application-data
 /// record (`17 03`) sent or received by a thread inside an OpenSSL call names the call's socket;
 /// a ClientHello (`16 03 xx xx xx 01`) is a TLS connection starting, counted.
 #[inline(always)]
-pub fn note_ciphertext(sys: &Syscall, first8: u64) {
+fn note_ciphertext(sys: &Syscall, first8: u64) {
     match first8 & 0xffff {
         0x0317 => {
             if let Some(call) = TLS_STASH.get_ptr_mut(sys.pid_tgid) {
@@ -225,7 +232,7 @@ pub fn note_ciphertext(sys: &Syscall, first8: u64) {
             }
         }
         0x0316 if sys.direction == direction::OUTBOUND && (first8 >> 40) & 0xff == 1 => {
-            count(counter::TLS_CLIENT_HELLOS);
+            count(Counter::TlsClientHellos);
         }
         _ => {}
     }

@@ -9,11 +9,10 @@
 //! return the programs see every syscall and must pick theirs by number, and read the
 //! arguments from the task's saved registers.
 
-use aya_ebpf::{
-    helpers::bpf_probe_read_kernel, macros::raw_tracepoint, programs::RawTracePointContext,
-};
+use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
+use aya_log_ebpf::warn;
 
-use crate::{recv, send, socket};
+use crate::{args::Args, recv, send, socket};
 
 /// x86_64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl).
 mod nr {
@@ -27,52 +26,6 @@ mod nr {
     pub const RECVFROM: i64 = 45;
     pub const SENDMSG: i64 = 46;
     pub const RECVMSG: i64 = 47;
-}
-
-/// The tail of x86_64 `struct pt_regs` from `dx` (offset 96) to `cs` (offset 136): the first
-/// three syscall arguments are in `di`, `si`, `dx`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct RegsTail {
-    dx: u64,
-    si: u64,
-    di: u64,
-    orig_ax: u64,
-    ip: u64,
-    cs: u64,
-}
-const PT_REGS_DX: u64 = 96;
-const _: () = assert!(core::mem::size_of::<RegsTail>() == 48);
-/// `__USER_CS`: a 64-bit syscall. 32-bit (compat) tasks enter with `__USER32_CS` and number
-/// their syscalls differently (read is 3 there), so they are left alone.
-const USER_CS_64: u64 = 0x33;
-
-/// The first three arguments of the syscall being entered.
-#[derive(Clone, Copy)]
-pub struct Args(pub [u64; 3]);
-
-impl Args {
-    #[inline(always)]
-    pub fn get(&self, index: usize) -> u64 {
-        match index {
-            0 => self.0[0],
-            1 => self.0[1],
-            _ => self.0[2],
-        }
-    }
-}
-
-#[inline(always)]
-fn args(ctx: &RawTracePointContext) -> Option<Args> {
-    let regs: u64 = ctx.arg(0);
-    // SAFETY: `regs` is the kernel's `struct pt_regs *` for this syscall (TP_PROTO of
-    // sys_enter); the helper fails cleanly on a bad address.
-    let tail: RegsTail =
-        unsafe { bpf_probe_read_kernel((regs + PT_REGS_DX) as *const RegsTail) }.ok()?;
-    if tail.cs != USER_CS_64 {
-        return None;
-    }
-    Some(Args([tail.di, tail.si, tail.dx]))
 }
 
 /// `sys_enter(struct pt_regs *regs, long id)`.
@@ -95,8 +48,14 @@ pub fn tracegap_sys_enter(ctx: RawTracePointContext) -> i32 {
     ) {
         return 0;
     }
-    let Some(args) = args(&ctx) else {
-        return 0;
+    let args = match Args::of_syscall(&ctx) {
+        Ok(Some(args)) => args,
+        Ok(None) => return 0,
+        Err(()) => {
+            // Rare (counted as `args_unreadable`): the saved registers should always be readable.
+            warn!(&ctx, "syscall {}: arguments unreadable", id);
+            return 0;
+        }
     };
     match id {
         nr::WRITE => send::on_write(&args),

@@ -130,3 +130,22 @@ fn parse_ring_bytes(s: &str) -> Result<u32, String> {
         Err("must be a power of two of at least 4096".into())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::Args;
+    use crate::model::otlp;
+
+    /// The receivers listen where SDKs export by default, on loopback only.
+    #[test]
+    fn receiver_defaults_are_the_otlp_ports_on_loopback() {
+        let args = Args::parse_from(["tracegap"]);
+        let grpc = args.otlp_grpc_listen.expect("gRPC receiver on by default");
+        let http = args.otlp_http_listen.expect("HTTP receiver on by default");
+        assert_eq!(grpc.port(), otlp::GRPC_PORT);
+        assert_eq!(http.port(), otlp::HTTP_PORT);
+        assert!(grpc.ip().is_loopback() && http.ip().is_loopback());
+    }
+}

@@ -8,6 +8,9 @@ use std::{
 
 use serde::Serialize;
 
+pub use crate::attribute::Subject;
+use crate::model::{otlp, Direction, Protocol};
+
 /// Every kind of finding tracegap reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -94,13 +97,6 @@ impl Severity {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Direction {
-    Outbound,
-    Inbound,
-}
-
 /// What makes two findings the same one.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FindingKey {
@@ -112,18 +108,50 @@ pub struct FindingKey {
     pub path: String,
     /// Seen as plaintext inside a TLS library (the request went out encrypted).
     pub tls: bool,
-    pub protocol: crate::http::Protocol,
+    pub protocol: Protocol,
 }
 
-/// The process a finding is about, as known when it was raised.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Subject {
-    pub comm: String,
-    pub exe: Option<String>,
-    pub service_name: Option<String>,
-    pub container_id: Option<String>,
-    /// `k8s.*` resource attributes of the process's pod, when running in a cluster.
-    pub k8s: Vec<(&'static str, String)>,
+/// Where a request went: the finding identity besides kind, process and direction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub peer: Option<SocketAddr>,
+    pub method: String,
+    pub path: String,
+    pub protocol: Protocol,
+}
+
+impl Target {
+    /// A process's trace export request, as seen by the receiver (no peer: it came to us).
+    pub fn trace_export(protocol: Protocol) -> Self {
+        Self {
+            peer: None,
+            method: "POST".into(),
+            path: otlp::Signal::Traces.path(protocol).into(),
+            protocol,
+        }
+    }
+}
+
+impl FindingKey {
+    /// The one place a finding's identity is made.
+    pub fn new(
+        kind: FindingKind,
+        pid: u32,
+        direction: Direction,
+        target: &Target,
+        tls: bool,
+    ) -> Self {
+        Self {
+            kind,
+            pid,
+            direction,
+            peer: target.peer,
+            method: target.method.clone(),
+            path: target.path.clone(),
+            tls,
+            protocol: target.protocol,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -234,16 +262,19 @@ mod tests {
     use super::*;
 
     fn key(pid: u32, path: &str) -> FindingKey {
-        FindingKey {
-            kind: FindingKind::MissingTraceparent,
-            pid,
-            direction: Direction::Outbound,
+        let target = Target {
             peer: Some("127.0.0.1:8080".parse().expect("addr")),
             method: "GET".into(),
             path: path.into(),
-            tls: false,
-            protocol: Default::default(),
-        }
+            protocol: Protocol::Http1,
+        };
+        FindingKey::new(
+            FindingKind::MissingTraceparent,
+            pid,
+            Direction::Outbound,
+            &target,
+            false,
+        )
     }
 
     #[test]

@@ -1,25 +1,23 @@
 //! tracegap agent: kernel capture of HTTP request headers, correlation with exported spans, and
 //! findings about where traces break.
+//!
+//! One room per stage, data flowing one way (see `pipeline`):
+//! `capture` (eBPF programs, ring buffer) → `parse` (requests and their trace context) →
+//! `attribute` (process, container, pod, peer) → `correlate` (every rule) → `findings` →
+//! `snapshot` → `report` (table, JSON, OTLP). `otlp` receives the spans processes export;
+//! `model` holds the facts all of them share.
 
+pub mod attribute;
 pub mod capture;
-pub mod cgroup;
 pub mod cli;
 pub mod correlate;
-pub mod export;
 pub mod findings;
-pub mod gotls;
-pub mod h2;
-pub mod h2_conns;
-pub mod http;
-pub mod k8s;
+pub mod model;
 pub mod otlp;
-pub mod path_template;
+pub mod parse;
 pub mod pipeline;
-pub mod process;
 pub mod report;
 mod run;
-pub mod tls;
-pub mod trace_context;
-pub mod uprobe_multi;
+pub mod snapshot;
 
 pub use run::{run, shutdown_signal};

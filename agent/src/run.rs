@@ -8,12 +8,13 @@ use anyhow::Context as _;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
+    attribute::k8s,
     capture::Capture,
     cli::{Args, Output},
-    export,
     otlp::{self, ExportBatch, ReceiverConfig, ReceiverStats},
-    pipeline::Pipeline,
-    report::Reporter,
+    pipeline::{CaptureStatus, Pipeline},
+    report::{otlp as export, Reporter},
+    snapshot::Snapshot,
 };
 
 /// Export batches waiting for the pipeline; more are dropped and counted by the receiver.
@@ -91,7 +92,7 @@ pub async fn run(args: Args, shutdown: impl Future<Output = ()>) -> anyhow::Resu
             .map_or_else(|| "off".to_owned(), |a| a.to_string()),
     );
     // Kept alive for the whole run: dropping it stops the pod watch.
-    let pod_watcher = crate::k8s::start_in_cluster();
+    let pod_watcher = k8s::start_in_cluster();
     let mut pipeline = Pipeline::new(
         args.span_grace,
         pod_watcher.as_ref().map(|w| w.index().clone()),
@@ -102,8 +103,7 @@ pub async fn run(args: Args, shutdown: impl Future<Output = ()>) -> anyhow::Resu
             .context("configuring the OTLP export of findings")?
             .map(|x| x.with_path_template(args.path_template.is_on()));
     let mut ring_lag_ms = 0;
-    let mut reporter = Reporter::new(output, Box::new(std::io::stdout()))
-        .with_receiver_stats(Arc::clone(&receiver_stats));
+    let mut reporter = Reporter::new(output, Box::new(std::io::stdout()));
     let mut report_tick = tokio::time::interval(PRINT_EVERY);
     let mut sweep_tick = tokio::time::interval(SWEEP_EVERY);
     let deadline = async {
@@ -141,17 +141,21 @@ pub async fn run(args: Args, shutdown: impl Future<Output = ()>) -> anyhow::Resu
                     pipeline.handle(event);
                 }
             }
-            Wake::Export(batch) => pipeline.handle_export(batch),
+            Wake::Export(batch) => pipeline.handle_export(&batch),
             Wake::Report => {
-                pipeline.judge_due(std::time::SystemTime::now());
                 capture.flush_logs();
                 capture.rescan_tls();
-                let kernel = capture.counters();
+                let snapshot = with_receiver(
+                    pipeline.tick(
+                        std::time::SystemTime::now(),
+                        capture_status(&capture, ring_lag_ms),
+                    ),
+                    &receiver_stats,
+                );
                 if let Some(x) = &mut exporter {
-                    // Before the reporter: the store is read, not drained.
-                    offer(x, &pipeline, &kernel, &receiver_stats, ring_lag_ms);
+                    x.offer(&snapshot);
                 }
-                if let Err(e) = reporter.tick(&mut pipeline, &kernel) {
+                if let Err(e) = reporter.tick(&snapshot) {
                     log::warn!("writing the report failed: {e}");
                 }
             }
@@ -167,37 +171,35 @@ pub async fn run(args: Args, shutdown: impl Future<Output = ()>) -> anyhow::Resu
     let _receiver_gone: Result<(), _> = stop_receiver.send(());
     receiver.wait().await;
     while let Ok(export) = export_rx.try_recv() {
-        pipeline.handle_export(export);
+        pipeline.handle_export(&export);
     }
-    pipeline.finish();
-    let kernel = capture.counters();
+    let status = capture_status(&capture, ring_lag_ms);
     let attached = capture.attached();
     drop(capture);
     log::info!("detached {attached} programs");
+    let snapshot = with_receiver(pipeline.finish(status), &receiver_stats);
     reporter
-        .finish(&mut pipeline, &kernel)
+        .finish(&snapshot)
         .context("writing the final report")?;
     // After the local report, which must not wait for a slow backend (bounded: 5 s).
     if let Some(mut x) = exporter {
-        offer(&mut x, &pipeline, &kernel, &receiver_stats, ring_lag_ms);
+        x.offer(&snapshot);
         x.shutdown().await;
     }
     Ok(())
 }
 
-/// Hands the exporter the findings whose count changed and the current metrics.
-fn offer(
-    exporter: &mut export::FindingsExporter,
-    pipeline: &Pipeline,
-    kernel: &crate::capture::KernelCounters,
-    receiver_stats: &ReceiverStats,
-    ring_lag_ms: u64,
-) {
-    exporter.findings_from(&pipeline.findings, |f| f.subject.k8s.clone());
-    exporter.metrics(&export::snapshot(
-        pipeline,
-        kernel,
-        Some(receiver_stats),
+/// The capture's own counts, for the pipeline's snapshot.
+fn capture_status(capture: &Capture, ring_lag_ms: u64) -> CaptureStatus {
+    CaptureStatus {
+        kernel: capture.counters(),
+        go_tls_too_old: capture.go_tls_too_old() as u64,
         ring_lag_ms,
-    ));
+    }
+}
+
+/// Adds the OTLP receiver's counters to a snapshot.
+fn with_receiver(mut snapshot: Snapshot, receiver: &ReceiverStats) -> Snapshot {
+    snapshot.receiver = Some(receiver.named().to_vec());
+    snapshot
 }

@@ -8,17 +8,17 @@ use std::{
 };
 
 use agent::{
-    correlate::{
-        finding_key,
-        traces::{ExportedSpan, Target, TraceState},
+    correlate::traces::{ExportedSpan, TraceState},
+    findings::{FindingKey, FindingKind, FindingStore, Subject, Target, MAX_FINDINGS},
+    model::Direction,
+    parse::{
+        http1::parse_request,
+        trace_context::{
+            is_trace_header, parse_traceparent, to_hex, Propagation, TraceHeaders, TraceParent,
+            TraceParentError,
+        },
     },
-    findings::{Direction, FindingKey, FindingKind, FindingStore, Subject, MAX_FINDINGS},
-    http::parse_request,
-    path_template::{is_id, template_path, ID},
-    trace_context::{
-        is_trace_header, parse_traceparent, to_hex, Propagation, TraceHeaders, TraceParent,
-        TraceParentError,
-    },
+    report::path_template::{is_id, template_path, ID},
 };
 use proptest::prelude::*;
 
@@ -192,12 +192,18 @@ proptest! {
 
 fn key(i: u32, pid: u32) -> FindingKey {
     let req = parse_request(format!("GET /p/{i} HTTP/1.1\r\n\r\n").as_bytes()).expect("parses");
-    finding_key(
+    let target = Target {
+        peer: None,
+        method: req.method.clone(),
+        path: req.path.clone(),
+        protocol: req.protocol,
+    };
+    FindingKey::new(
         FindingKind::ALL[(i % 7) as usize],
         pid,
         Direction::Outbound,
-        None,
-        &req,
+        &target,
+        false,
     )
 }
 
@@ -303,7 +309,7 @@ fn one_busy_process_stays_within_caps() {
 
 #[test]
 fn process_cache_is_bounded_and_forgets_exited_processes() {
-    use agent::process::{ProcessCache, MAX_PROCESSES};
+    use agent::{attribute::process::ProcessCache, model::MAX_PROCESSES};
     let mut cache = ProcessCache::default();
     // pids above the kernel's pid_max limit (4194304) never exist: each is an exited process.
     for pid in 0..(MAX_PROCESSES as u32 + 100) {

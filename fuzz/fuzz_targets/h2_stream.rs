@@ -4,8 +4,11 @@
 #![no_main]
 
 use agent::{
-    h2::{H2Event, RequestStream, PREFACE},
-    trace_context::is_trace_header,
+    model::HTTP2_PREFACE as PREFACE,
+    parse::{
+        h2::{H2Event, RequestStream},
+        trace_context::is_trace_header,
+    },
 };
 use libfuzzer_sys::fuzz_target;
 

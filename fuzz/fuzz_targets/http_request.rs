@@ -2,10 +2,7 @@
 //! trace-context header values, and the propagation verdict is total.
 #![no_main]
 
-use agent::{
-    http::parse_request,
-    trace_context::is_trace_header,
-};
+use agent::parse::{http1::parse_request, trace_context::is_trace_header};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,7 +1,7 @@
 //! Path templating: total, idempotent, keeps the segment count, and leaves no id behind.
 #![no_main]
 
-use agent::path_template::{is_id, template_path};
+use agent::report::path_template::{is_id, template_path};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

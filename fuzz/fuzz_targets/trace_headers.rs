@@ -1,7 +1,7 @@
 //! Classification of arbitrary trace-context header sets (names from the known set, any value).
 #![no_main]
 
-use agent::trace_context::{parse_traceparent, Propagation, TraceHeaders, TRACEPARENT};
+use agent::parse::trace_context::{parse_traceparent, Propagation, TraceHeaders, TRACEPARENT};
 use libfuzzer_sys::fuzz_target;
 
 const NAMES: &[&str] = &[

@@ -1,7 +1,7 @@
 //! The traceparent validator: never panics; what it accepts formats back to an equivalent value.
 #![no_main]
 
-use agent::trace_context::{parse_traceparent, to_hex};
+use agent::parse::trace_context::{parse_traceparent, to_hex};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

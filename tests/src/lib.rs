@@ -22,6 +22,10 @@ pub mod otlp_sink;
 /// A valid W3C traceparent (the spec's example).
 pub const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
+/// Agent arguments that turn both OTLP receivers off (tests that run several agents, or that
+/// need no spans).
+pub const RECEIVERS_OFF: [&str; 4] = ["--otlp-grpc-listen", "off", "--otlp-http-listen", "off"];
+
 /// Fails with a clear reason unless the tests can load eBPF programs here.
 #[track_caller]
 pub fn require_root() {
@@ -443,6 +447,11 @@ pub fn kinds_of(lines: &[Value], pid: u32) -> Vec<String> {
     kinds.sort();
     kinds.dedup();
     kinds
+}
+
+/// Whether `pid` has a finding of `kind`.
+pub fn has_finding(lines: &[Value], pid: u32, kind: &str) -> bool {
+    kinds_of(lines, pid).iter().any(|k| k == kind)
 }
 
 /// The last `counters` line.

@@ -4,9 +4,9 @@
 
 use std::{process::Command, time::Duration};
 
-use tracegap_tests::{agent_command, findings_of, kinds_of, run_client, Agent, HttpServer};
-
-const OFF: &[&str] = &["--otlp-grpc-listen", "off", "--otlp-http-listen", "off"];
+use tracegap_tests::{
+    agent_command, findings_of, kinds_of, run_client, Agent, HttpServer, RECEIVERS_OFF,
+};
 
 /// `capabilities.add` of the agent container in the DaemonSet.
 fn daemonset_capabilities() -> Vec<String> {
@@ -64,7 +64,7 @@ fn daemonset_capabilities_are_enough() {
     let server = HttpServer::start(Duration::from_millis(300));
     let wrapper = setpriv(&caps);
     let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
-    let agent = Agent::start_wrapped(&wrapper, OFF);
+    let agent = Agent::start_wrapped(&wrapper, &RECEIVERS_OFF);
     let effective =
         std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).expect("status");
     assert!(
@@ -96,7 +96,7 @@ fn without_perfmon_the_agent_fails_clearly() {
         .collect();
     let wrapper = setpriv(&caps);
     let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
-    let out = agent_command(&wrapper, OFF)
+    let out = agent_command(&wrapper, &RECEIVERS_OFF)
         .output()
         .expect("run the agent");
     assert!(!out.status.success());
@@ -116,7 +116,7 @@ fn without_ptrace_other_users_are_not_judged() {
     let server = HttpServer::start(Duration::from_millis(300));
     let wrapper = setpriv(&caps);
     let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
-    let agent = Agent::start_wrapped(&wrapper, OFF);
+    let agent = Agent::start_wrapped(&wrapper, &RECEIVERS_OFF);
     let client = run_client(&mut curl_as_nobody(&server.url("/caps")));
     let lines = agent.stop();
     // Its environment is unreadable: instrumented or not is unknown, so no verdict.

@@ -9,10 +9,9 @@ use std::{
     time::Duration,
 };
 
-use serde_json::Value;
 use tracegap_tests::{
-    findings_of, grpc_app, kinds_of, last_counters, run_client, show, start_server, Agent,
-    ChildGuard,
+    findings_of, grpc_app, has_finding, kinds_of, last_counters, run_client, show, start_server,
+    Agent, ChildGuard,
 };
 
 const AGENT_ARGS: &[&str] = &[
@@ -24,10 +23,6 @@ const AGENT_ARGS: &[&str] = &[
     "2s",
 ];
 const METHOD: &str = "/demo.Greeter/SayHello";
-
-fn has(lines: &[Value], pid: u32, kind: &str) -> bool {
-    kinds_of(lines, pid).iter().any(|k| k == kind)
-}
 
 #[test]
 fn grpc_client_without_the_interceptor_is_missing_traceparent() {
@@ -67,7 +62,7 @@ fn grpc_client_without_the_interceptor_is_missing_traceparent() {
         ],
     ));
     agent.wait_for("missing_traceparent", Duration::from_secs(30), |lines| {
-        has(lines, sdk_only, "missing_traceparent")
+        has_finding(lines, sdk_only, "missing_traceparent")
     });
     let server_pid = server.pid();
     drop(server);
@@ -180,7 +175,7 @@ fn grpc_server_that_drops_the_context_is_broken_context() {
     good.wait_success(Duration::from_secs(20));
     let (broken, good) = (broken.pid(), good.pid());
     agent.wait_for("broken_context", Duration::from_secs(30), |lines| {
-        has(lines, broken, "broken_context")
+        has_finding(lines, broken, "broken_context")
     });
     // Give the twin the same grace window to (wrongly) fire.
     std::thread::sleep(Duration::from_secs(3));

@@ -14,10 +14,8 @@ use std::{
 use tracegap_tests::{
     agent_bin, findings, findings_of, last_counters,
     otlp_sink::{attr, body, OtlpSink},
-    run_client, Agent, HttpServer,
+    run_client, Agent, HttpServer, TRACEPARENT,
 };
-
-const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
 fn curl(url: &str) -> Command {
     let mut cmd = Command::new("curl");
@@ -56,13 +54,13 @@ fn hostile_captures_are_counted_and_the_agent_keeps_working() {
         addr,
         &[
             b"GET /split HTTP/1.1\r\nHost: x\r\n",
-            format!("traceparent: {TP}\r\n\r\n").as_bytes(),
+            format!("traceparent: {TRACEPARENT}\r\n\r\n").as_bytes(),
         ],
     );
     // A 1 MiB header in one write: the capture is cut at the cap.
     let mut big = b"GET /big HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
     big.extend(std::iter::repeat_n(b'a', 1 << 20));
-    big.extend_from_slice(format!("\r\ntraceparent: {TP}\r\n\r\n").as_bytes());
+    big.extend_from_slice(format!("\r\ntraceparent: {TRACEPARENT}\r\n\r\n").as_bytes());
     send_chunks(addr, &[&big]);
     // Invalid UTF-8 in the path and in a header value.
     send_chunks(

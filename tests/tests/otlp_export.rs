@@ -7,10 +7,8 @@ use std::{net::TcpListener, process::Command, time::Duration};
 use tracegap_tests::{
     findings_of,
     otlp_sink::{attr, body, point_value, OtlpSink},
-    run_client, Agent, HttpServer,
+    run_client, Agent, HttpServer, RECEIVERS_OFF,
 };
-
-const OFF: [&str; 4] = ["--otlp-grpc-listen", "off", "--otlp-http-listen", "off"];
 
 fn curl_with_secrets(url: &str) -> Command {
     let mut cmd = Command::new("curl");
@@ -33,7 +31,7 @@ fn exports_findings_and_metrics(protocol: &str) {
         "grpc" => sink.grpc_endpoint(),
         _ => sink.http_endpoint(),
     };
-    let mut args = OFF.to_vec();
+    let mut args = RECEIVERS_OFF.to_vec();
     args.extend(["--otlp-endpoint", endpoint.as_str()]);
     let agent = Agent::start_with_env(
         &args,
@@ -168,7 +166,7 @@ fn down_backend_does_not_stall_the_agent() {
         };
         let server = HttpServer::start(Duration::from_millis(300));
         let endpoint = format!("http://{closed}");
-        let mut args = OFF.to_vec();
+        let mut args = RECEIVERS_OFF.to_vec();
         args.extend(["--otlp-endpoint", endpoint.as_str()]);
         let agent = Agent::start_with_env(
             &args,

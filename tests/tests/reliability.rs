@@ -17,10 +17,9 @@ use tracegap_tests::{
     bpf::{assert_unloaded_within, bpf_programs, programs_of},
     findings_of, last_counters,
     otlp_sink::{attr, point_value, OtlpSink},
-    require_root, run_client, Agent, ChildGuard, HttpServer,
+    require_root, run_client, Agent, ChildGuard, HttpServer, RECEIVERS_OFF,
 };
 
-const OFF: [&str; 4] = ["--otlp-grpc-listen", "off", "--otlp-http-listen", "off"];
 const FLOOD_REQUEST: &[u8] = b"GET /flood HTTP/1.1\r\nHost: sink\r\n\r\n";
 
 /// Accepts one connection and moves what it receives to /dev/null with `splice`, which no
@@ -123,7 +122,7 @@ fn requests_of(lines: &[Value], pid: u32) -> u64 {
 /// One flood against a fresh agent with a 4 KiB ring buffer: (sent, attributed to this pid,
 /// dropped, kernel inspected, kernel captured, agent events, counters line).
 fn flood_once() -> (u64, u64, u64, u64, u64, u64, Value) {
-    let agent = Agent::start(&[&OFF[..], &["--ring-buffer-bytes", "4096"]].concat());
+    let agent = Agent::start(&[&RECEIVERS_OFF[..], &["--ring-buffer-bytes", "4096"]].concat());
     let sent = flood(50_000);
     let lines = agent.stop();
     let counters = last_counters(&lines).clone();
@@ -238,7 +237,7 @@ fn table_agent_run(extra: &[&str], env: &[(&str, &str)], during: impl FnOnce()) 
     let mut child = ChildGuard::spawn(
         Command::new(agent_bin())
             .args(["--output", "table"])
-            .args(OFF)
+            .args(RECEIVERS_OFF)
             .args(extra)
             .env("RUST_LOG", "info")
             .envs(env.iter().copied())
@@ -294,7 +293,7 @@ fn programs_are_detached_on_sigint_sigterm_and_sigkill() {
         (libc::SIGKILL, "SIGKILL"),
     ] {
         let before: Vec<u64> = bpf_programs().into_iter().map(|(id, _, _)| id).collect();
-        let agent = Agent::start(&OFF);
+        let agent = Agent::start(&RECEIVERS_OFF);
         let ids = programs_of(agent.pid(), &before);
         assert!(
             ids.len() >= 3,
@@ -356,7 +355,7 @@ fn two_agents_capture_side_by_side_and_a_port_clash_is_explained() {
     );
 
     // Receivers off: both attach, both see the same request.
-    let second = Agent::start(&OFF);
+    let second = Agent::start(&RECEIVERS_OFF);
     let pid = run_client(
         Command::new("curl")
             .args(["-sS", "-o", "/dev/null", "--max-time", "10"])
@@ -439,7 +438,7 @@ fn short_lived_connections(addr: SocketAddr, n: usize) {
 #[test]
 fn memory_stays_flat_under_process_and_connection_churn() {
     let server = HttpServer::start(Duration::ZERO);
-    let agent = Agent::start(&OFF);
+    let agent = Agent::start(&RECEIVERS_OFF);
     let pid = agent.pid();
     // Warm-up: first /proc scans, allocator arenas, ring buffer pages, table growth.
     short_lived_processes(server.addr(), 300);

@@ -4,9 +4,9 @@
 
 use std::{process::Command, time::Duration};
 
-use serde_json::Value;
 use tracegap_tests::{
-    findings_of, kinds_of, python_app, run_client, show, start_server, Agent, HttpServer,
+    findings_of, has_finding, kinds_of, python_app, run_client, show, start_server, Agent,
+    HttpServer,
 };
 
 const AGENT_ARGS: &[&str] = &[
@@ -17,10 +17,6 @@ const AGENT_ARGS: &[&str] = &[
     "--span-grace",
     "2s",
 ];
-
-fn has(lines: &[Value], pid: u32, kind: &str) -> bool {
-    kinds_of(lines, pid).iter().any(|k| k == kind)
-}
 
 #[test]
 fn span_rules_for_clients() {
@@ -41,9 +37,9 @@ fn span_rules_for_clients() {
     let worker = run_client(&mut python_app(otlp, "worker", &["worker", &url]));
 
     agent.wait_for("the span findings", Duration::from_secs(30), |lines| {
-        has(lines, unended, "unexported_span")
-            && has(lines, sync, "synchronous_export")
-            && has(lines, plain, "missing_traceparent")
+        has_finding(lines, unended, "unexported_span")
+            && has_finding(lines, sync, "synchronous_export")
+            && has_finding(lines, plain, "missing_traceparent")
     });
     let lines = agent.stop();
     let all = show(&lines);
@@ -155,7 +151,7 @@ fn span_rules_for_servers() {
     let (broken, good, proxy) = (broken.pid(), good.pid(), proxy.pid());
 
     agent.wait_for("broken_context", Duration::from_secs(30), |lines| {
-        has(lines, broken, "broken_context")
+        has_finding(lines, broken, "broken_context")
     });
     // Give the twins the same grace window to (wrongly) fire.
     std::thread::sleep(Duration::from_secs(3));
@@ -217,7 +213,8 @@ fn span_rules_for_rust_sdk_clients() {
     let unended = run_client(&mut rust_app(otlp, "rust-unended", "client-unended", &url));
 
     agent.wait_for("the Rust SDK findings", Duration::from_secs(30), |lines| {
-        has(lines, unended, "unexported_span") && has(lines, plain, "missing_traceparent")
+        has_finding(lines, unended, "unexported_span")
+            && has_finding(lines, plain, "missing_traceparent")
     });
     let lines = agent.stop();
     let all = show(&lines);

@@ -1,8 +1,258 @@
-//! Correlation: what each process puts on the wire (`wire`), judged alone, and against the spans
-//! it exports (`traces`). One function per rule, pure over recorded state, unit-tested on
-//! recorded sequences.
+//! Every rule lives here. What each process puts on the wire is judged alone (`wire`), against
+//! whether the process is instrumented (`instrumentation`), and against the spans it exports
+//! (`traces`). Rules are functions over recorded state, unit-tested on recorded sequences; the
+//! [`Correlator`] feeds them and hands back the findings to record ([`Raised`]).
 
+pub mod instrumentation;
 pub mod traces;
 mod wire;
 
-pub use wire::{finding_key, judge_outbound, propagation, ProcessStats, Verdict};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    time::{Duration, SystemTime},
+};
+
+pub use self::wire::{judge_outbound, propagation, ProcessStats, Verdict};
+use self::{
+    instrumentation::Instrumentation,
+    traces::{ExportedSpan, TraceCounters, TraceState},
+};
+use crate::{
+    attribute::Subject,
+    findings::{FindingKey, FindingKind, Target},
+    model::{otlp, Direction, Protocol, MAX_PROCESSES},
+    otlp::{ExportBatch, Transport},
+    parse::Request,
+};
+
+/// A finding to record.
+#[derive(Clone, Debug)]
+pub struct Raised {
+    pub key: FindingKey,
+    /// The process as known when the request was made; `None`: as known now.
+    pub subject: Option<Subject>,
+    pub evidence: BTreeMap<String, String>,
+    pub at: SystemTime,
+}
+
+/// What correlation needs to know about the process that sent a request; the peer and the
+/// subject are asked for only when a rule needs them (both may read /proc).
+pub trait Sender {
+    /// Its environment has OTEL_* variables.
+    fn otel_env(&self) -> bool;
+    /// Its identity (environment) could be read: a verdict about it is a fact, not a guess.
+    fn identity_known(&self) -> bool;
+    /// The peer of the socket the request went out on.
+    fn peer(&mut self) -> Option<SocketAddr>;
+    /// The process, for a finding.
+    fn subject(&self) -> Subject;
+}
+
+/// Counts of what this stage did not judge, and why.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CorrelateCounters {
+    /// Outbound requests whose capture ended before the header block and showed no context.
+    pub undetermined: u64,
+    /// OTLP exports seen on the wire (to this agent or elsewhere).
+    pub telemetry_exports: u64,
+    pub export_batches: u64,
+    /// Export batches with no exporting pid (socket and `process.pid` both unknown).
+    pub unattributed_batches: u64,
+    /// Processes whose request counts were forgotten to stay within `MAX_PROCESSES`.
+    pub stats_evicted: u64,
+}
+
+pub struct Correlator {
+    stats: HashMap<u32, ProcessStats>,
+    traces: TraceState,
+    instrumentation: Instrumentation,
+    span_grace: Duration,
+    counters: CorrelateCounters,
+}
+
+impl Correlator {
+    pub fn new(span_grace: Duration) -> Self {
+        Self {
+            stats: HashMap::new(),
+            traces: TraceState::default(),
+            instrumentation: Instrumentation::default(),
+            span_grace,
+            counters: CorrelateCounters::default(),
+        }
+    }
+
+    /// A connection started HTTP/2. To the OTLP/gRPC port it is a span export: the process is
+    /// instrumented (known before its first export call is decoded, and even if that call
+    /// cannot be).
+    pub fn h2_connection(&mut self, pid: u32, direction: Direction, peer: Option<SocketAddr>) {
+        if direction == Direction::Outbound && peer.is_some_and(|p| p.port() == otlp::GRPC_PORT) {
+            self.instrumentation.saw_exporter(pid);
+        }
+    }
+
+    /// A request `pid` received.
+    pub fn inbound(&mut self, pid: u32, at: SystemTime, req: &Request) {
+        let stats = self.stats_of(pid);
+        stats.last_seen = Some(at);
+        stats.inbound += 1;
+        if !req.is_telemetry() {
+            if let Some(tp) = req.trace.traceparent() {
+                self.traces.inbound(pid, at, tp);
+            }
+        }
+    }
+
+    /// A request `pid` sent (`tls`: seen inside a TLS library).
+    pub fn outbound(
+        &mut self,
+        pid: u32,
+        at: SystemTime,
+        req: &Request,
+        tls: bool,
+        sender: &mut impl Sender,
+        out: &mut Vec<Raised>,
+    ) {
+        let instrumented = sender.otel_env() || self.instrumentation.is_exporter(pid);
+        let verdict = judge_outbound(req, instrumented);
+        self.stats_of(pid).last_seen = Some(at);
+        match &verdict {
+            Verdict::Telemetry => {
+                self.stats_of(pid).telemetry_exports += 1;
+                self.counters.telemetry_exports += 1;
+                self.instrumentation.saw_exporter(pid);
+                return;
+            }
+            Verdict::Undetermined => self.counters.undetermined += 1,
+            Verdict::Clean | Verdict::Finding(..) => {}
+        }
+        self.stats_of(pid).count_outbound(propagation(req));
+        let target = Target {
+            peer: sender.peer(),
+            method: req.method.clone(),
+            path: req.path.clone(),
+            protocol: req.protocol,
+        };
+        let key = match verdict {
+            Verdict::Finding(kind, evidence) => Some((
+                FindingKey::new(kind, pid, Direction::Outbound, &target, tls),
+                evidence,
+            )),
+            Verdict::Clean | Verdict::Undetermined | Verdict::Telemetry => None,
+        };
+        if let Some(tp) = req.trace.traceparent() {
+            self.traces.outbound(pid, at, tp, target, self.span_grace);
+        }
+        let Some((key, evidence)) = key else {
+            return;
+        };
+        if key.kind == FindingKind::UninstrumentedClient {
+            // The process may export spans a moment later (SDKs export after the request):
+            // decide between missing_traceparent and uninstrumented_client once that had time.
+            let identity_known = sender.identity_known();
+            self.instrumentation
+                .defer(key, sender.subject(), identity_known, evidence, at, out);
+            return;
+        }
+        out.push(Raised {
+            key,
+            subject: Some(sender.subject()),
+            evidence,
+            at,
+        });
+    }
+
+    /// One export request's spans from one process (the receiver's [`ExportBatch`]).
+    pub fn exported(&mut self, batch: &ExportBatch, out: &mut Vec<Raised>) {
+        self.counters.export_batches += 1;
+        let Some(pid) = batch.pid else {
+            self.counters.unattributed_batches += 1;
+            return;
+        };
+        self.instrumentation.saw_exporter(pid);
+        let spans: Vec<ExportedSpan> = batch
+            .spans
+            .iter()
+            .map(|s| ExportedSpan {
+                trace_id: s.trace_id,
+                span_id: s.span_id,
+                parent_span_id: s.parent_span_id,
+                start: SystemTime::UNIX_EPOCH + Duration::from_nanos(s.start_unix_nanos),
+                end: SystemTime::UNIX_EPOCH + Duration::from_nanos(s.end_unix_nanos),
+            })
+            .collect();
+        if let Some(evidence) = self.traces.exported(pid, batch.received_at, &spans) {
+            let protocol = match batch.transport {
+                Transport::Grpc => Protocol::Grpc,
+                Transport::HttpProtobuf | Transport::HttpJson => Protocol::Http1,
+            };
+            out.push(Raised {
+                key: FindingKey::new(
+                    FindingKind::SynchronousExport,
+                    pid,
+                    Direction::Outbound,
+                    &Target::trace_export(protocol),
+                    false,
+                ),
+                subject: None,
+                evidence,
+                at: batch.received_at,
+            });
+        }
+    }
+
+    /// Judges outbound contexts whose span grace window ended, and settles provisional verdicts.
+    pub fn judge_due(&mut self, now: SystemTime, out: &mut Vec<Raised>) {
+        self.instrumentation.settle_due(now, out);
+        for f in self.traces.judge_due(now) {
+            out.push(Raised {
+                key: FindingKey::new(f.kind, f.pid, Direction::Outbound, &f.target, false),
+                subject: None,
+                evidence: f.evidence,
+                at: f.at,
+            });
+        }
+    }
+
+    /// Forgets processes that exited, settling what they left waiting.
+    pub fn sweep(&mut self, alive: impl Fn(u32) -> bool, out: &mut Vec<Raised>) {
+        // An exited process exports nothing more: settle its requests before forgetting it.
+        self.instrumentation.settle_exited(&alive, out);
+        self.instrumentation.retain(&alive);
+        self.traces.retain(&alive);
+        if self.stats.len() > MAX_PROCESSES {
+            let before = self.stats.len();
+            self.stats.retain(|pid, _| alive(*pid));
+            self.counters.stats_evicted += (before - self.stats.len()) as u64;
+        }
+    }
+
+    /// At exit: what is still waiting for spans is uncertain, not a finding.
+    pub fn finish(&mut self, out: &mut Vec<Raised>) {
+        self.instrumentation.settle_all(out);
+        self.judge_due(SystemTime::now(), out);
+        self.traces.finish();
+    }
+
+    /// Request counts per process.
+    pub fn stats(&self) -> &HashMap<u32, ProcessStats> {
+        &self.stats
+    }
+
+    pub fn counters(&self) -> &CorrelateCounters {
+        &self.counters
+    }
+
+    /// Requests without context whose process could not be identified (not judged).
+    pub fn process_unknown(&self) -> u64 {
+        self.instrumentation.process_unknown
+    }
+
+    pub fn trace_counters(&self) -> &TraceCounters {
+        &self.traces.counters
+    }
+
+    fn stats_of(&mut self, pid: u32) -> &mut ProcessStats {
+        self.stats.entry(pid).or_default()
+    }
+}

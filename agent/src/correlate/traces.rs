@@ -6,13 +6,13 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
-    net::SocketAddr,
     time::{Duration, SystemTime},
 };
 
 use crate::{
-    findings::FindingKind,
-    trace_context::{to_hex, TraceParent},
+    findings::{FindingKind, Target},
+    model::MAX_PROCESSES,
+    parse::trace_context::{to_hex, TraceParent},
 };
 
 /// How long after a traced request arrived the process may still be handling it.
@@ -25,7 +25,6 @@ pub const SYNC_MIN_EXPORTS: usize = 10;
 pub const SYNC_WINDOW: Duration = Duration::from_secs(10);
 
 // Bounds: every table has one; past it the oldest entries go (counted).
-const MAX_PROCESSES: usize = 4096;
 const MAX_SPANS: usize = 20_000;
 const MAX_INBOUND: usize = 2048;
 const MAX_PENDING: usize = 4096;
@@ -43,15 +42,6 @@ pub struct ExportedSpan {
     pub parent_span_id: Option<[u8; 8]>,
     pub start: SystemTime,
     pub end: SystemTime,
-}
-
-/// Where an outbound request went: the finding identity besides kind and pid.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Target {
-    pub peer: Option<SocketAddr>,
-    pub method: String,
-    pub path: String,
-    pub protocol: crate::http::Protocol,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,6 +67,12 @@ pub struct TraceCounters {
     pub spans_evicted: u64,
     /// Outbound contexts still inside their grace window at exit.
     pub pending_at_exit: u64,
+    /// Processes whose trace state was forgotten to stay within `MAX_PROCESSES` (their
+    /// pending contexts are not judged).
+    pub processes_evicted: u64,
+    /// Received trace ids and exported roots forgotten to stay within their bounds (the older
+    /// half of a process's table at a time): a later `broken_context` may be missed.
+    pub trace_ids_evicted: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -126,7 +122,10 @@ impl TraceState {
                 .min_by_key(|(_, p)| (p.pending.len(), p.spans.len()))
                 .map(|(pid, _)| *pid)
             {
-                self.procs.remove(&victim);
+                if let Some(p) = self.procs.remove(&victim) {
+                    self.counters.processes_evicted += 1;
+                    self.counters.pending_dropped += p.pending.len() as u64;
+                }
             }
         }
         self.procs.entry(pid).or_default()
@@ -140,7 +139,8 @@ impl TraceState {
         }
         p.inbound.push_back(Inbound { at, tp });
         p.received.insert(tp.trace_id, at);
-        keep_newer_half(&mut p.received, MAX_RECEIVED, |at| *at);
+        let trimmed = keep_newer_half(&mut p.received, MAX_RECEIVED, |at| *at);
+        self.counters.trace_ids_evicted += trimmed;
     }
 
     /// Entries over every table (processes, contexts, spans, roots, exports), to check bounds.
@@ -195,6 +195,7 @@ impl TraceState {
     ) -> Option<BTreeMap<String, String>> {
         let mut late = 0;
         let mut evicted = 0;
+        let mut trimmed = 0;
         let p = self.proc(pid);
         p.exported = true;
         for s in spans {
@@ -203,7 +204,7 @@ impl TraceState {
             }
             if s.parent_span_id.is_none() {
                 p.roots.insert(s.trace_id, s.start);
-                keep_newer_half(&mut p.roots, MAX_ROOTS, |start| *start);
+                trimmed += keep_newer_half(&mut p.roots, MAX_ROOTS, |start| *start);
             }
             if p.spans.insert(s.span_id, *s).is_none() {
                 p.span_order.push_back((s.span_id, received_at));
@@ -222,6 +223,7 @@ impl TraceState {
         let sync = synchronous_export(&p.exports);
         self.counters.late_spans += late;
         self.counters.spans_evicted += evicted;
+        self.counters.trace_ids_evicted += trimmed;
         sync
     }
 
@@ -280,16 +282,23 @@ impl TraceState {
 }
 
 /// Past `max` entries, keeps the newer half by `time` (amortised O(1) per insert: a full
-/// pass only every `max / 2` inserts). Entries sharing the median time go together.
-fn keep_newer_half<K, V>(map: &mut HashMap<K, V>, max: usize, time: impl Fn(&V) -> SystemTime) {
+/// pass only every `max / 2` inserts). Entries sharing the median time go together. Returns
+/// how many went.
+fn keep_newer_half<K, V>(
+    map: &mut HashMap<K, V>,
+    max: usize,
+    time: impl Fn(&V) -> SystemTime,
+) -> u64 {
     if map.len() <= max {
-        return;
+        return 0;
     }
+    let before = map.len();
     let mut times: Vec<SystemTime> = map.values().map(&time).collect();
     let mid = times.len() / 2;
     let (_, median, _) = times.select_nth_unstable(mid);
     let median = *median;
     map.retain(|_, v| time(v) > median);
+    (before - map.len()) as u64
 }
 
 fn expire(p: &mut ProcessTraces, now: SystemTime) {

@@ -1,12 +1,14 @@
 //! Judging what processes put on the wire: one function per rule, pure over the request and
 //! what is known about the process. Per-process counts feed the table and coverage.
 
-use std::{collections::BTreeMap, net::SocketAddr, time::SystemTime};
+use std::{collections::BTreeMap, time::SystemTime};
 
 use crate::{
-    findings::{Direction, FindingKey, FindingKind},
-    http::Request,
-    trace_context::{parse_traceparent, Propagation, TRACEPARENT},
+    findings::FindingKind,
+    parse::{
+        trace_context::{parse_traceparent, Propagation, TRACEPARENT},
+        Request,
+    },
 };
 
 /// The outcome for one outbound request.
@@ -62,36 +64,11 @@ fn evidence(req: &Request) -> BTreeMap<String, String> {
     ev
 }
 
-/// The finding identity for a request of `pid`.
-pub fn finding_key(
-    kind: FindingKind,
-    pid: u32,
-    direction: Direction,
-    peer: Option<SocketAddr>,
-    req: &Request,
-) -> FindingKey {
-    FindingKey {
-        kind,
-        pid,
-        direction,
-        peer,
-        method: req.method.clone(),
-        path: req.path.clone(),
-        tls: false,
-        protocol: req.protocol,
-    }
-}
-
 /// Requests of one process, by what they carried.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProcessStats {
-    pub outbound: u64,
-    pub w3c: u64,
-    /// B3, Jaeger or vendor context.
-    pub other_context: u64,
-    pub without: u64,
-    pub malformed: u64,
-    pub undetermined: u64,
+    /// Outbound requests by propagation, indexed like [`Propagation::ALL`].
+    outbound: [u64; Propagation::ALL.len()],
     pub inbound: u64,
     pub telemetry_exports: u64,
     pub last_seen: Option<SystemTime>,
@@ -99,27 +76,43 @@ pub struct ProcessStats {
 
 impl ProcessStats {
     pub fn count_outbound(&mut self, p: Propagation) {
-        self.outbound += 1;
-        match p {
-            Propagation::W3c => self.w3c += 1,
-            Propagation::B3 | Propagation::Jaeger | Propagation::Vendor => self.other_context += 1,
-            Propagation::None => self.without += 1,
-            Propagation::Malformed => self.malformed += 1,
-            Propagation::Undetermined => self.undetermined += 1,
+        if let Some(i) = Propagation::ALL.iter().position(|&q| q == p) {
+            self.outbound[i] += 1;
         }
+    }
+
+    /// Outbound requests that carried `p`.
+    pub fn outbound_with(&self, p: Propagation) -> u64 {
+        Propagation::ALL
+            .iter()
+            .position(|&q| q == p)
+            .map_or(0, |i| self.outbound[i])
+    }
+
+    /// Every outbound request (OTLP exports are not counted here).
+    pub fn outbound(&self) -> u64 {
+        self.outbound.iter().sum()
+    }
+
+    /// B3, Jaeger or vendor context.
+    pub fn other_context(&self) -> u64 {
+        [Propagation::B3, Propagation::Jaeger, Propagation::Vendor]
+            .into_iter()
+            .map(|p| self.outbound_with(p))
+            .sum()
     }
 
     /// Share of judged outbound requests that carry valid W3C context, in percent.
     pub fn coverage_percent(&self) -> Option<f64> {
-        let judged = self.outbound - self.undetermined;
-        (judged > 0).then(|| 100.0 * self.w3c as f64 / judged as f64)
+        let judged = self.outbound() - self.outbound_with(Propagation::Undetermined);
+        (judged > 0).then(|| 100.0 * self.outbound_with(Propagation::W3c) as f64 / judged as f64)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::parse_request;
+    use crate::parse::http1::parse_request;
 
     const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 

@@ -17,7 +17,8 @@ use tokio::{
     task::JoinSet,
 };
 
-use super::{intake::Signal, OtlpError, ReceiverStats};
+use super::{OtlpError, ReceiverStats};
+use crate::model::otlp::Signal;
 
 /// One upstream attempt; after it the request counts as failed (no retry: the exporter
 /// already got its answer, and a retry queue would only grow behind a dead upstream).

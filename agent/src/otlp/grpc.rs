@@ -22,15 +22,13 @@ use tonic::{
     Code, Status,
 };
 
+use crate::model::otlp::Signal;
+
 use super::{
-    intake::{Intake, Peer, Signal},
+    intake::{Intake, Peer},
     listener::Conn,
     ReceiverStats, Transport,
 };
-
-pub(crate) const TRACES: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
-const METRICS: &str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
-const LOGS: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
 
 pub(crate) async fn run(
     svc: GrpcService,
@@ -75,15 +73,11 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let signal = match req.uri().path() {
-            TRACES => Signal::Traces,
-            METRICS => Signal::Metrics,
-            LOGS => Signal::Logs,
-            _ => {
-                return Box::pin(async {
-                    Ok(Status::unimplemented("not an OTLP export method").into_http())
-                })
-            }
+        let path = req.uri().path();
+        let Some(signal) = Signal::ALL.into_iter().find(|s| s.grpc_path() == path) else {
+            return Box::pin(async {
+                Ok(Status::unimplemented("not an OTLP export method").into_http())
+            });
         };
         let intake = Arc::clone(&self.intake);
         Box::pin(async move {

@@ -16,9 +16,11 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use prost::Message;
 use tokio::sync::{mpsc, watch};
 
+use crate::model::otlp::Signal;
+
 use super::{
     decode::{self, Format, GunzipError},
-    intake::{Intake, Peer, Signal},
+    intake::{Intake, Peer},
     listener::Conn,
     ReceiverStats, Transport,
 };
@@ -100,11 +102,8 @@ async fn handle(
     req: hyper::Request<Incoming>,
 ) -> hyper::Response<Full<Bytes>> {
     let stats = &intake.stats;
-    let signal = match req.uri().path() {
-        "/v1/traces" => Signal::Traces,
-        "/v1/metrics" => Signal::Metrics,
-        "/v1/logs" => Signal::Logs,
-        _ => return plain(StatusCode::NOT_FOUND, "not an OTLP path"),
+    let Some(signal) = Signal::from_http_path(req.uri().path()) else {
+        return plain(StatusCode::NOT_FOUND, "not an OTLP path");
     };
     if req.method() != Method::POST {
         let mut res = plain(StatusCode::METHOD_NOT_ALLOWED, "use POST");

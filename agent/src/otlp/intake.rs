@@ -6,31 +6,14 @@ use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use tokio::sync::mpsc;
 
+use crate::model::otlp::Signal;
+
 use super::{
     attribution::Attributor,
     decode::{self, ResourceBatch},
     forward::{Forwarder, Request as ForwardRequest},
     Attribution, ExportBatch, ReceiverStats, Transport,
 };
-
-/// OTLP signals; only traces are decoded, the others are acknowledged and forwarded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Signal {
-    Traces,
-    Metrics,
-    Logs,
-}
-
-impl Signal {
-    /// The OTLP/HTTP path of the signal.
-    pub(crate) fn http_path(self) -> &'static str {
-        match self {
-            Self::Traces => "/v1/traces",
-            Self::Metrics => "/v1/metrics",
-            Self::Logs => "/v1/logs",
-        }
-    }
-}
 
 /// The address pair of the connection a request came in on.
 #[derive(Debug, Clone, Copy)]

@@ -32,6 +32,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use crate::model::otlp;
 pub use decode::{decode_trace_body, BodyError};
 use tokio::{
     net::TcpListener,
@@ -117,8 +118,8 @@ pub struct ReceiverConfig {
 impl Default for ReceiverConfig {
     fn default() -> Self {
         Self {
-            grpc_listen: Some(SocketAddr::from(([127, 0, 0, 1], 4317))),
-            http_listen: Some(SocketAddr::from(([127, 0, 0, 1], 4318))),
+            grpc_listen: Some(SocketAddr::from(([127, 0, 0, 1], otlp::GRPC_PORT))),
+            http_listen: Some(SocketAddr::from(([127, 0, 0, 1], otlp::HTTP_PORT))),
             forward_to: None,
             max_message_bytes: 16 * 1024 * 1024,
             max_connections: 256,
@@ -163,6 +164,26 @@ pub struct ReceiverStats {
 }
 
 impl ReceiverStats {
+    /// The counters the agent reports (JSON `receiver`, the table's receiver line), by name.
+    pub fn named(&self) -> [(&'static str, u64); 13] {
+        let v = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            ("export_requests", v(&self.export_requests)),
+            ("spans_received", v(&self.spans_received)),
+            ("invalid_spans", v(&self.invalid_spans)),
+            ("decode_errors", v(&self.decode_errors)),
+            ("too_large", v(&self.too_large)),
+            ("unsupported_media_type", v(&self.unsupported_media_type)),
+            ("batches_dropped", v(&self.batches_dropped)),
+            ("forwarded", v(&self.forwarded)),
+            ("forward_failures", v(&self.forward_failures)),
+            ("forward_dropped", v(&self.forward_dropped)),
+            ("connections_rejected", v(&self.connections_rejected)),
+            ("connections_timed_out", v(&self.connections_timed_out)),
+            ("unattributed_batches", v(&self.unattributed_batches)),
+        ]
+    }
+
     pub(crate) fn incr(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }

@@ -50,7 +50,7 @@ async fn grpc_rejects_bad_and_oversized_messages() {
     let status = raw
         .unary(
             tonic::Request::new(Bytes::from_static(b"\x0a\xff\xff\xff")),
-            ::http::uri::PathAndQuery::from_static(grpc::TRACES),
+            ::http::uri::PathAndQuery::from_static(crate::model::otlp::Signal::Traces.grpc_path()),
             grpc::RawCodec,
         )
         .await

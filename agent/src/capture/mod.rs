@@ -1,21 +1,23 @@
 //! Loads and attaches the eBPF programs, reads captured requests from the ring buffer and the
 //! kernel's counters. Owns every attached link: dropping [`Capture`] detaches them all.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+mod event;
+pub mod uprobe;
 
 use agent_common::{
-    counter, direction, family, flags, syscall, EventHeader, CAPTURE_CAP_MAX, EVENT_HEADER_LEN,
-    GLOBAL_AGENT_TGID, GLOBAL_CAPTURE_CAP, MAP_COUNTERS, MAP_EVENTS,
+    syscall, Counter, CAPTURE_CAP_MAX, GLOBAL_AGENT_TGID, GLOBAL_CAPTURE_CAP, MAP_COUNTERS,
+    MAP_EVENTS,
 };
 use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
     programs::RawTracePoint,
     Ebpf, EbpfLoader,
 };
-use bytes::Bytes;
 use tokio::io::unix::AsyncFd;
 
-use crate::findings::Direction;
+pub use self::event::{decode, CapturedEvent, DecodeError};
+use self::uprobe::{TlsError, TlsProbes};
+use crate::model::KernelCounters;
 
 /// The eBPF object built by agent/build.rs (empty when the host had no eBPF toolchain).
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("TRACEGAP_BPF_OBJECT"));
@@ -60,105 +62,14 @@ pub enum CaptureError {
     #[error("registering the ring buffer with tokio failed")]
     Poll(#[source] std::io::Error),
     #[error("TLS uprobes")]
-    Tls(#[source] crate::tls::TlsError),
+    Tls(#[source] TlsError),
 }
-
-/// One captured request prefix.
-#[derive(Clone, Debug)]
-pub struct CapturedEvent {
-    pub monotonic_ns: u64,
-    pub pid: u32,
-    pub tid: u32,
-    pub fd: i32,
-    pub comm: String,
-    pub direction: Direction,
-    pub syscall: u8,
-    pub flags: u8,
-    /// The syscall's full length; more than `data.len()` means the capture was cut.
-    pub total_len: u64,
-    pub peer: Option<SocketAddr>,
-    pub data: Bytes,
-}
-
-impl CapturedEvent {
-    pub fn truncated(&self) -> bool {
-        self.total_len > self.data.len() as u64 || self.flags & flags::INCOMPLETE != 0
-    }
-
-    /// Plaintext taken inside a TLS library (OpenSSL uprobes), not at a syscall.
-    pub fn tls(&self) -> bool {
-        self.flags & flags::TLS != 0
-    }
-
-    /// Frames of an HTTP/2 connection's request direction (agent-ebpf/src/h2.rs).
-    pub fn h2(&self) -> bool {
-        self.flags & flags::H2 != 0
-    }
-}
-
-/// Why a ring buffer record could not be decoded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum DecodeError {
-    #[error("record shorter than its header")]
-    Short,
-    #[error("captured length larger than the record")]
-    Length,
-    #[error("unknown direction {0}")]
-    Direction(u8),
-}
-
-/// Decodes one ring buffer record (header then payload).
-pub fn decode(record: &[u8]) -> Result<CapturedEvent, DecodeError> {
-    if record.len() < EVENT_HEADER_LEN {
-        return Err(DecodeError::Short);
-    }
-    // SAFETY: the length was checked; EventHeader is plain old data and may be unaligned here.
-    let h: EventHeader = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
-    let captured = h.captured_len as usize;
-    if captured > CAPTURE_CAP_MAX || EVENT_HEADER_LEN + captured > record.len() {
-        return Err(DecodeError::Length);
-    }
-    let direction = match h.direction {
-        direction::OUTBOUND => Direction::Outbound,
-        direction::INBOUND => Direction::Inbound,
-        other => return Err(DecodeError::Direction(other)),
-    };
-    let comm_len = h.comm.iter().position(|&b| b == 0).unwrap_or(h.comm.len());
-    Ok(CapturedEvent {
-        monotonic_ns: h.timestamp_ns,
-        pid: h.tgid,
-        tid: h.tid,
-        fd: h.fd,
-        comm: String::from_utf8_lossy(&h.comm[..comm_len]).into_owned(),
-        direction,
-        syscall: h.syscall,
-        flags: h.flags,
-        total_len: h.total_len,
-        peer: peer(h.peer_family, h.peer_addr, h.peer_port),
-        data: Bytes::copy_from_slice(&record[EVENT_HEADER_LEN..EVENT_HEADER_LEN + captured]),
-    })
-}
-
-fn peer(fam: u16, addr: [u8; 16], port: u16) -> Option<SocketAddr> {
-    let ip = match fam {
-        family::INET => IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3])),
-        family::INET6 => {
-            let v6 = Ipv6Addr::from(addr);
-            v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
-        }
-        _ => return None,
-    };
-    Some(SocketAddr::new(ip, port))
-}
-
-/// Kernel counters summed over CPUs, indexed like `agent_common::counter`.
-pub type KernelCounters = [u64; counter::COUNT as usize];
 
 pub struct Capture {
     /// Keeps programs and links alive; dropped last.
     ebpf: Ebpf,
     /// TLS library files probed, and their uprobe links.
-    tls: crate::tls::TlsProbes,
+    tls: TlsProbes,
     /// Processes that exec'd, from the ring buffer, to check for TLS functions.
     execs: Vec<u32>,
     events: AsyncFd<RingBuf<MapData>>,
@@ -225,7 +136,7 @@ impl Capture {
             attached += 1;
         }
         let tls = if tls {
-            let mut tls = crate::tls::load(&mut ebpf, BPF_OBJECT).map_err(CaptureError::Tls)?;
+            let mut tls = uprobe::load(&mut ebpf, BPF_OBJECT).map_err(CaptureError::Tls)?;
             tls.scan_all(&mut ebpf);
             log::info!(
                 "TLS: {} uprobe links on {} OpenSSL files and {} Go executables",
@@ -236,7 +147,7 @@ impl Capture {
             tls
         } else {
             log::info!("TLS capture off (--tls off): no uprobes");
-            crate::tls::TlsProbes::disabled()
+            TlsProbes::disabled()
         };
         let events = RingBuf::try_from(
             ebpf.take_map(MAP_EVENTS)
@@ -276,6 +187,11 @@ impl Capture {
 
     pub fn attached(&self) -> usize {
         self.attached
+    }
+
+    /// Go executables not probed: built before Go's register ABI.
+    pub fn go_tls_too_old(&self) -> usize {
+        self.tls.go_too_old()
     }
 
     /// Waits until the ring buffer has records, then decodes up to `max` of them. After a
@@ -328,13 +244,13 @@ impl Capture {
     }
 
     pub fn counters(&self) -> KernelCounters {
-        let mut sums = [0u64; counter::COUNT as usize];
-        for (i, sum) in sums.iter_mut().enumerate() {
-            if let Ok(values) = self.counters.get(&(i as u32), 0) {
+        let mut sums = [0u64; Counter::COUNT];
+        for (counter, sum) in Counter::ALL.iter().zip(sums.iter_mut()) {
+            if let Ok(values) = self.counters.get(&counter.index(), 0) {
                 *sum = values.iter().sum();
             }
         }
-        sums
+        KernelCounters::from_values(sums)
     }
 }
 
@@ -347,61 +263,5 @@ fn push_or_exec(
     match event {
         Ok(e) if e.syscall == syscall::EXEC => execs.push(e.pid),
         other => out.push(other),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn record(captured: &[u8], total: u64, dir: u8) -> Vec<u8> {
-        let mut h = EventHeader {
-            timestamp_ns: 5,
-            total_len: total,
-            tgid: 42,
-            tid: 43,
-            fd: 7,
-            captured_len: captured.len() as u32,
-            comm: [0; 16],
-            peer_addr: [0; 16],
-            peer_port: 8080,
-            peer_family: family::INET,
-            direction: dir,
-            syscall: 0,
-            flags: 0,
-            _pad0: [0],
-        };
-        h.comm[..4].copy_from_slice(b"curl");
-        h.peer_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
-        // SAFETY: EventHeader is repr(C) plain old data with explicit padding.
-        let bytes = unsafe {
-            std::slice::from_raw_parts(std::ptr::from_ref(&h).cast::<u8>(), EVENT_HEADER_LEN)
-        };
-        let mut v = bytes.to_vec();
-        v.extend_from_slice(captured);
-        v
-    }
-
-    #[test]
-    fn decodes_a_record() {
-        let ev = decode(&record(b"GET / HTTP/1.1\r\n", 100, direction::OUTBOUND)).expect("decodes");
-        assert_eq!(ev.pid, 42);
-        assert_eq!(ev.comm, "curl");
-        assert_eq!(ev.peer, Some("127.0.0.1:8080".parse().expect("addr")));
-        assert_eq!(ev.direction, Direction::Outbound);
-        assert!(ev.truncated());
-        assert_eq!(&ev.data[..], b"GET / HTTP/1.1\r\n");
-    }
-
-    #[test]
-    fn rejects_bad_records() {
-        assert_eq!(decode(&[0u8; 10]).err(), Some(DecodeError::Short));
-        let mut r = record(b"GET / HTTP/1.1\r\n", 16, direction::OUTBOUND);
-        r.truncate(r.len() - 1);
-        assert_eq!(decode(&r).err(), Some(DecodeError::Length));
-        assert_eq!(
-            decode(&record(b"GET / HTTP/1.1\r\n", 16, 9)).err(),
-            Some(DecodeError::Direction(9))
-        );
     }
 }

@@ -22,7 +22,7 @@ use std::{
 };
 
 pub use self::watch::PodWatcher;
-use crate::cgroup::ContainerInfo;
+use crate::attribute::cgroup::ContainerInfo;
 
 /// Where Kubernetes mounts the pod's service account.
 const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";

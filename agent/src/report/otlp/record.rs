@@ -8,7 +8,11 @@ use opentelemetry::{
     Key,
 };
 
-use crate::findings::{Direction, Finding, Severity};
+use crate::{
+    findings::{Finding, Severity},
+    model::Direction,
+    report::path_template::template_path,
+};
 
 /// The LogRecord event name of every finding.
 pub const EVENT_NAME: &str = "tracegap.finding";
@@ -33,10 +37,10 @@ pub fn severity(s: Severity) -> (OtelSeverity, &'static str) {
 }
 
 /// The finding with its path templated (`/users/42` → `/users/{id}`), for `url.path` and the
-/// body; see [`crate::path_template`].
+/// body; see [`crate::report::path_template`].
 pub fn with_templated_path(f: &Finding) -> Finding {
     let mut f = f.clone();
-    f.key.path = crate::path_template::template_path(&f.key.path);
+    f.key.path = template_path(&f.key.path);
     f
 }
 

@@ -4,64 +4,15 @@
 //! partial header block is normal (capture cap, or a header block split over several syscalls).
 //! Only trace-context header values are kept: every other value is dropped here, at parse time.
 
-use crate::trace_context::{is_trace_header, TraceHeaders};
+use super::{
+    strip_path,
+    trace_context::{is_trace_header, TraceHeaders},
+    Request,
+};
+use crate::model::Protocol;
 
 /// Headers parsed per request; more is a parse error (counted), never a crash.
 pub const MAX_HEADERS: usize = 128;
-
-/// First bytes of every HTTP/2 connection (RFC 9113, section 3.4).
-pub const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// The OTLP/gRPC port: an HTTP/2 connection to it is a span export.
-pub const OTLP_GRPC_PORT: u16 = 4317;
-
-/// OTLP/HTTP export paths: a process's own telemetry, never judged for propagation.
-pub const OTLP_PATHS: &[&str] = &["/v1/traces", "/v1/metrics", "/v1/logs"];
-
-/// The protocol a request was made with (JSON `protocol`, OTLP `tracegap.protocol`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Protocol {
-    #[default]
-    Http1,
-    /// HTTP/2 without a gRPC content type.
-    H2,
-    /// HTTP/2 with `content-type: application/grpc…`.
-    Grpc,
-}
-
-impl Protocol {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Http1 => "http/1.1",
-            Self::H2 => "h2",
-            Self::Grpc => "grpc",
-        }
-    }
-}
-
-/// The OTLP/gRPC services' path prefix (`/opentelemetry.proto.collector.trace.v1.TraceService/Export`).
-pub const OTLP_GRPC_PATH_PREFIX: &str = "/opentelemetry.proto.collector.";
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Request {
-    pub method: String,
-    /// Path without query string or fragment.
-    pub path: String,
-    pub trace: TraceHeaders,
-    /// The header block ended inside the captured bytes: absent headers are really absent.
-    pub complete: bool,
-    pub protocol: Protocol,
-}
-
-impl Request {
-    /// An OTLP export request: `POST /v1/traces` and friends, or a call to an OTLP gRPC service.
-    pub fn is_telemetry(&self) -> bool {
-        self.method == "POST"
-            && match self.protocol {
-                Protocol::Http1 => OTLP_PATHS.iter().any(|p| self.path.ends_with(p)),
-                Protocol::H2 | Protocol::Grpc => self.path.starts_with(OTLP_GRPC_PATH_PREFIX),
-            }
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum HttpError {
@@ -122,23 +73,10 @@ fn build(req: &httparse::Request<'_, '_>, complete: bool) -> Request {
     }
 }
 
-/// Drops query string and fragment (they may hold tokens), and the scheme and authority of an
-/// absolute-form request target (`GET http://host/path` to a proxy).
-pub fn strip_path(target: &str) -> String {
-    let target = match target.find("://") {
-        Some(i) => target[i + 3..]
-            .find('/')
-            .map_or("/", |j| &target[i + 3 + j..]),
-        None => target,
-    };
-    let end = target.find(['?', '#']).unwrap_or(target.len());
-    target[..end].to_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trace_context::Propagation;
+    use crate::parse::trace_context::Propagation;
 
     const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
@@ -182,21 +120,5 @@ mod tests {
             parse_request(&many),
             Err(HttpError::Invalid(httparse::Error::TooManyHeaders))
         );
-    }
-
-    #[test]
-    fn paths_lose_query_fragment_and_authority() {
-        assert_eq!(strip_path("/a/b?c=d#e"), "/a/b");
-        assert_eq!(strip_path("http://example.test:8080/p?q"), "/p");
-        assert_eq!(strip_path("http://example.test"), "/");
-        assert_eq!(strip_path("*"), "*");
-    }
-
-    #[test]
-    fn otlp_exports_are_telemetry() {
-        let req = parse_request(b"POST /v1/traces HTTP/1.1\r\nHost: c\r\n\r\n").expect("parses");
-        assert!(req.is_telemetry());
-        let req = parse_request(b"GET /v1/traces HTTP/1.1\r\nHost: c\r\n\r\n").expect("parses");
-        assert!(!req.is_telemetry());
     }
 }

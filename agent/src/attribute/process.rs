@@ -1,16 +1,14 @@
 //! pid → what the process is (comm, executable, service name, OTel environment, container),
-//! and fd → peer address, read from /proc and cached.
+//! read from /proc and cached.
 
 use std::{
     collections::HashMap,
-    net::SocketAddr,
     time::{Duration, Instant},
 };
 
-use procfs::process::{FDTarget, Process};
+use procfs::process::Process;
 
-/// Processes remembered at once; past it the oldest entry is dropped.
-pub const MAX_PROCESSES: usize = 16_384;
+use crate::model::{otel_env, MAX_PROCESSES};
 /// A cached entry is read again after this long (a pid may have been reused, env may change).
 const REFRESH_AFTER: Duration = Duration::from_secs(60);
 
@@ -25,7 +23,7 @@ pub struct ProcessInfo {
     pub otel_env: bool,
     pub container_id: Option<String>,
     /// Container and pod UID from the cgroup path, for the Kubernetes pod lookup.
-    pub container: Option<crate::cgroup::ContainerInfo>,
+    pub container: Option<super::cgroup::ContainerInfo>,
     /// /proc had no entry when we looked: the process exited first. Only the kernel's comm is known.
     pub exited: bool,
     /// Its environment could be read: `otel_env` is a fact, not a guess. Without CAP_SYS_PTRACE
@@ -150,15 +148,17 @@ fn load(pid: u32, comm: &str) -> ProcessInfo {
             env.get(std::ffi::OsStr::new(k))
                 .map(|v| v.to_string_lossy().into_owned())
         };
-        info.otel_env = env.keys().any(|k| k.to_string_lossy().starts_with("OTEL_"));
-        info.service_name = get("OTEL_SERVICE_NAME")
+        info.otel_env = env
+            .keys()
+            .any(|k| k.to_string_lossy().starts_with(otel_env::PREFIX));
+        info.service_name = get(otel_env::SERVICE_NAME)
             .filter(|s| !s.is_empty())
             .or_else(|| {
-                get("OTEL_RESOURCE_ATTRIBUTES")
-                    .and_then(|a| service_name_from_resource_attributes(&a))
+                get(otel_env::RESOURCE_ATTRIBUTES)
+                    .and_then(|a| otel_env::service_name_from_resource_attributes(&a))
             });
     }
-    info.container = crate::cgroup::read_container_info(pid).ok().flatten();
+    info.container = super::cgroup::read_container_info(pid).ok().flatten();
     info.container_id = info.container.as_ref().map(|c| c.container_id.clone());
     if info.exe.is_none() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
         info.exited = true;
@@ -166,89 +166,17 @@ fn load(pid: u32, comm: &str) -> ProcessInfo {
     info
 }
 
-/// `service.name=x` in an `OTEL_RESOURCE_ATTRIBUTES` list (`k=v,k=v`, values percent-encoded).
-pub fn service_name_from_resource_attributes(attrs: &str) -> Option<String> {
-    attrs.split(',').find_map(|kv| {
-        let (k, v) = kv.split_once('=')?;
-        (k.trim() == "service.name" && !v.trim().is_empty()).then(|| v.trim().to_owned())
-    })
-}
-
-/// Sockets whose peer was looked up in /proc; past it the table is cleared.
-const MAX_PEERS: usize = 65_536;
-/// A looked-up peer is trusted this long (the fd may be closed and reused after).
-const PEER_TTL: Duration = Duration::from_secs(5);
-
-/// Peers of sockets the kernel did not see connect (opened before the agent started, or
-/// accepted): reading /proc for them on every request would cost more than the request.
-#[derive(Default)]
-pub struct PeerCache {
-    entries: HashMap<(u32, i32), (Option<SocketAddr>, Instant)>,
-    pub lookups: u64,
-}
-
-impl PeerCache {
-    pub fn get(&mut self, pid: u32, fd: i32) -> Option<SocketAddr> {
-        if let Some((peer, at)) = self.entries.get(&(pid, fd)) {
-            if at.elapsed() < PEER_TTL {
-                return *peer;
-            }
-        }
-        if self.entries.len() >= MAX_PEERS {
-            self.entries.clear();
-        }
-        self.lookups += 1;
-        let peer = socket_peer(pid, fd);
-        self.entries.insert((pid, fd), (peer, Instant::now()));
-        peer
-    }
-}
-
-/// The remote address of socket `fd` of `pid`, from /proc/<pid>/fd and the process's own
-/// network namespace's /proc/<pid>/net/tcp{,6}.
-pub fn socket_peer(pid: u32, fd: i32) -> Option<SocketAddr> {
-    let process = Process::new(pid as i32).ok()?;
-    let fd_info = process.fd_from_fd(fd).ok()?;
-    let FDTarget::Socket(inode) = fd_info.target else {
-        return None;
-    };
-    let tcp = process.tcp().unwrap_or_default();
-    let tcp6 = process.tcp6().unwrap_or_default();
-    tcp.iter()
-        .chain(tcp6.iter())
-        .find(|e| e.inode == inode)
-        .map(|e| e.remote_address)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn service_name_from_attributes() {
-        assert_eq!(
-            service_name_from_resource_attributes(
-                "deployment.environment=prod,service.name=checkout"
-            ),
-            Some("checkout".into())
-        );
-        assert_eq!(service_name_from_resource_attributes("service.name="), None);
-        assert_eq!(service_name_from_resource_attributes("a=b"), None);
-    }
-
-    #[test]
-    fn reads_own_process_and_socket_peer() {
+    fn reads_own_process() {
         let mut cache = ProcessCache::default();
         let me = std::process::id();
         let info = cache.get(me, "x").clone();
         assert!(!info.exited);
         assert!(info.exe.is_some());
-
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let stream = std::net::TcpStream::connect(addr).expect("connect");
-        use std::os::fd::AsRawFd as _;
-        assert_eq!(socket_peer(me, stream.as_raw_fd()), Some(addr));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use tokio::{
 };
 
 use super::*;
-use crate::cgroup::ContainerInfo;
+use crate::attribute::cgroup::ContainerInfo;
 
 /// What the fake server answers to the next request, in order.
 enum Reply {

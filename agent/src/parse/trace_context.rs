@@ -161,6 +161,16 @@ pub enum Propagation {
 }
 
 impl Propagation {
+    pub const ALL: [Self; 7] = [
+        Self::W3c,
+        Self::B3,
+        Self::Jaeger,
+        Self::Vendor,
+        Self::None,
+        Self::Malformed,
+        Self::Undetermined,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::W3c => "w3c",

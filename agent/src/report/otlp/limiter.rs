@@ -32,13 +32,6 @@ impl Limiter {
         }
     }
 
-    /// Whether `f` was already offered with this count (cheap pre-check before building extras).
-    pub fn unchanged(&self, f: &Finding) -> bool {
-        self.entries
-            .get(&f.key)
-            .is_some_and(|e| e.seen_count == f.count)
-    }
-
     /// Whether `f` should be sent now; if not, it is kept for [`Limiter::due`].
     pub fn offer(&mut self, f: &Finding, extra: &[(&'static str, String)], now: Instant) -> bool {
         if let Some(e) = self.entries.get_mut(&f.key) {
@@ -94,7 +87,10 @@ mod tests {
     use std::{collections::BTreeMap, time::SystemTime};
 
     use super::*;
-    use crate::findings::{Direction, FindingKind, Subject};
+    use crate::{
+        findings::{FindingKind, Subject},
+        model::Direction,
+    };
 
     fn finding(count: u64) -> Finding {
         Finding {

@@ -1,5 +1,5 @@
 //! The HTTP/2 connections the kernel follows (agent-ebpf/src/h2.rs), each with the decoder of
-//! its request direction ([`crate::h2::RequestStream`]).
+//! its request direction ([`RequestStream`]).
 //!
 //! The kernel sends a connection's bytes in order, per process and fd. A connection is trusted
 //! from its preface; one whose first bytes here are not the preface (joined after the agent
@@ -8,24 +8,32 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use agent_common::flags;
+use super::{H2Event, RequestStream};
 
-use crate::{
-    capture::CapturedEvent,
-    h2::{H2Event, RequestStream},
-    http::HTTP2_PREFACE,
-    trace_context::is_trace_header,
-};
-
-/// Connections decoded at once; past it the oldest is forgotten (and is untrusted if it
+/// Connections decoded at once; past it the oldest is forgotten (counted, and untrusted if it
 /// speaks again).
 pub const MAX_CONNECTIONS: usize = 4096;
 
+/// One connection of one process, as the kernel names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct ConnKey {
-    pid: u32,
-    fd: i32,
-    tls: bool,
+pub struct ConnKey {
+    pub pid: u32,
+    pub fd: i32,
+    /// Plaintext from a TLS library probe (a TLS connection's fd also carries ciphertext).
+    pub tls: bool,
+}
+
+/// What the kernel said about one chunk of a connection.
+#[derive(Clone, Copy, Debug)]
+pub struct Chunk<'a> {
+    /// The first bytes of the syscall.
+    pub data: &'a [u8],
+    /// How many bytes the syscall carried.
+    pub total_len: u64,
+    /// The chunk starts with the client preface.
+    pub preface: bool,
+    /// An earlier chunk of the connection was lost in the kernel.
+    pub gap: bool,
 }
 
 #[derive(Default)]
@@ -38,20 +46,21 @@ pub struct H2Connections {
 }
 
 impl H2Connections {
-    /// Feeds one captured event of an HTTP/2 connection to its decoder.
-    pub fn feed(&mut self, event: &CapturedEvent) -> Vec<H2Event> {
-        let key = ConnKey {
-            pid: event.pid,
-            fd: event.fd,
-            tls: event.tls(),
-        };
-        if event.data.starts_with(HTTP2_PREFACE) {
+    /// Feeds one chunk of a connection to its decoder: a preface starts a fresh, trusted one;
+    /// a gap or an unknown connection an untrusted one.
+    pub fn feed(
+        &mut self,
+        key: ConnKey,
+        chunk: Chunk<'_>,
+        keep: impl Fn(&str) -> bool,
+    ) -> Vec<H2Event> {
+        if chunk.preface {
             self.insert(key, RequestStream::from_start());
-        } else if event.flags & flags::H2_GAP != 0 || !self.streams.contains_key(&key) {
+        } else if chunk.gap || !self.streams.contains_key(&key) {
             self.insert(key, RequestStream::untrusted());
         }
         match self.streams.get_mut(&key) {
-            Some(stream) => stream.feed(&event.data, event.total_len, is_trace_header),
+            Some(stream) => stream.feed(chunk.data, chunk.total_len, keep),
             None => Vec::new(),
         }
     }

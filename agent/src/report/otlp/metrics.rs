@@ -1,7 +1,7 @@
 //! Metrics: request counts by service and propagation, findings by kind, and the agent's own
-//! health. Inputs are cumulative snapshots (taken every second); instruments are counters fed
-//! with the increase since the previous snapshot, so the SDK keeps the running totals even
-//! when the agent forgets a process.
+//! health. Inputs are the cumulative counts of each tick's [`Snapshot`]; instruments are
+//! counters fed with the increase since the previous tick, so the SDK keeps the running totals
+//! even when the agent forgets a process.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -9,91 +9,37 @@ use std::{
     sync::atomic::Ordering,
 };
 
-use agent_common::counter;
+use agent_common::Counter;
 use opentelemetry::{
-    metrics::{Counter, Gauge, Meter},
+    metrics::{Counter as OtelCounter, Gauge, Meter},
     KeyValue,
 };
 
 use super::ExportStats;
-use crate::{
-    capture::KernelCounters,
-    findings::FindingKind,
-    otlp::ReceiverStats,
-    pipeline::{AgentCounters, Pipeline},
-    trace_context::{Propagation, B3, B3_TRACE_ID, UBER_TRACE_ID},
-};
+use crate::{findings::FindingKind, parse::trace_context::Propagation, snapshot::Snapshot};
 
-/// Cumulative values, filled every second by the run loop (see [`snapshot`]).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct MetricsSnapshot {
-    /// Outbound requests by (service.name of the sender, propagation).
-    pub requests: BTreeMap<(Option<String>, Propagation), u64>,
-    /// Distinct findings raised, by kind.
-    pub findings_by_kind: BTreeMap<FindingKind, u64>,
-    pub kernel: KernelCounters,
-    pub agent: AgentCounters,
-    pub spans_received: u64,
-    pub forward_failures: u64,
-    /// Milliseconds between the kernel timestamp of the last record of the latest ring buffer
-    /// batch and its processing (see [`ring_lag_ms`]): how far behind the agent reads.
-    pub ring_lag_ms: u64,
+/// Outbound requests by (service.name of the sender, propagation).
+fn requests(s: &Snapshot) -> BTreeMap<(Option<String>, Propagation), u64> {
+    let mut requests = BTreeMap::new();
+    for p in &s.processes {
+        for propagation in Propagation::ALL {
+            let n = p.stats.outbound_with(propagation);
+            if n > 0 {
+                *requests
+                    .entry((p.service_name.clone(), propagation))
+                    .or_default() += n;
+            }
+        }
+    }
+    requests
 }
 
-/// Builds a snapshot from the agent's state. B3, Jaeger and vendor requests share one count
-/// per process (`ProcessStats::other_context`); B3 and Jaeger are told apart by the evidence of
-/// that process's `non_w3c_propagation` findings (which count exactly those requests), the
-/// rest is vendor context.
-pub fn snapshot(
-    pipeline: &Pipeline,
-    kernel: &KernelCounters,
-    receiver: Option<&ReceiverStats>,
-    ring_lag_ms: u64,
-) -> MetricsSnapshot {
-    let mut b3_jaeger: HashMap<u32, (u64, u64)> = HashMap::new();
-    for f in pipeline.findings.all() {
-        if f.key.kind == FindingKind::NonW3cPropagation {
-            let e = b3_jaeger.entry(f.key.pid).or_default();
-            if f.evidence.contains_key(B3) || f.evidence.contains_key(B3_TRACE_ID) {
-                e.0 += f.count;
-            } else if f.evidence.contains_key(UBER_TRACE_ID) {
-                e.1 += f.count;
-            }
-        }
-    }
-    let mut requests: BTreeMap<(Option<String>, Propagation), u64> = BTreeMap::new();
-    for (pid, st) in &pipeline.stats {
-        let service = pipeline
-            .processes
-            .cached(*pid)
-            .and_then(|i| i.service_name.clone());
-        let (b3, jaeger) = b3_jaeger.get(pid).copied().unwrap_or_default();
-        let b3 = b3.min(st.other_context);
-        let jaeger = jaeger.min(st.other_context - b3);
-        for (p, n) in [
-            (Propagation::W3c, st.w3c),
-            (Propagation::B3, b3),
-            (Propagation::Jaeger, jaeger),
-            (Propagation::Vendor, st.other_context - b3 - jaeger),
-            (Propagation::None, st.without),
-            (Propagation::Malformed, st.malformed),
-            (Propagation::Undetermined, st.undetermined),
-        ] {
-            if n > 0 {
-                *requests.entry((service.clone(), p)).or_default() += n;
-            }
-        }
-    }
-    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-    MetricsSnapshot {
-        requests,
-        findings_by_kind: pipeline.findings.count_by_kind(),
-        kernel: *kernel,
-        agent: pipeline.counters.clone(),
-        spans_received: receiver.map_or(0, |r| load(&r.spans_received)),
-        forward_failures: receiver.map_or(0, |r| load(&r.forward_failures)),
-        ring_lag_ms,
-    }
+/// A receiver counter of the snapshot, by the name it reports under.
+fn receiver(s: &Snapshot, name: &str) -> u64 {
+    s.receiver
+        .as_ref()
+        .and_then(|r| r.iter().find(|(n, _)| *n == name))
+        .map_or(0, |(_, v)| *v)
 }
 
 /// Milliseconds from a kernel timestamp (`CLOCK_MONOTONIC`, as `bpf_ktime_get_ns`) to now.
@@ -126,22 +72,22 @@ impl<K: Hash + Eq> Deltas<K> {
 }
 
 /// Self-metric inputs: name, description, and where in the snapshot the cumulative value is.
-type Pick = fn(&MetricsSnapshot) -> u64;
+type Pick = fn(&Snapshot) -> u64;
 const SELF_COUNTERS: [(&str, &str, Pick); 6] = [
     (
         "tracegap.capture.events",
         "HTTP requests the kernel programs captured into the ring buffer",
-        |s| s.kernel[counter::CAPTURED as usize],
+        |s| s.kernel.get(Counter::Captured),
     ),
     (
         "tracegap.capture.truncated",
         "Captured requests cut at the capture cap",
-        |s| s.kernel[counter::TRUNCATED as usize],
+        |s| s.kernel.get(Counter::Truncated),
     ),
     (
         "tracegap.agent.parse_failures",
         "Captures that started like HTTP but did not parse",
-        |s| s.agent.parse_failures + s.agent.decode_errors,
+        |s| s.agent.parse.parse_failures + s.agent.decode_errors,
     ),
     (
         "tracegap.agent.events",
@@ -151,28 +97,21 @@ const SELF_COUNTERS: [(&str, &str, Pick); 6] = [
     (
         "tracegap.otlp.spans_received",
         "Spans received from local exporters",
-        |s| s.spans_received,
+        |s| receiver(s, "spans_received"),
     ),
     (
         "tracegap.otlp.forward_failures",
         "Export requests that could not be forwarded upstream",
-        |s| s.forward_failures,
+        |s| receiver(s, "forward_failures"),
     ),
 ];
 
-/// Kernel counters that mean lost requests, as `reason` of `tracegap.capture.dropped`.
-const DROP_REASONS: [u32; 3] = [
-    counter::RINGBUF_FULL,
-    counter::READ_FAILED,
-    counter::STASH_FULL,
-];
-
 pub struct Instruments {
-    requests: Counter<u64>,
-    findings: Counter<u64>,
-    dropped: Counter<u64>,
-    self_counters: Vec<Counter<u64>>,
-    exported: Counter<u64>,
+    requests: OtelCounter<u64>,
+    findings: OtelCounter<u64>,
+    dropped: OtelCounter<u64>,
+    self_counters: Vec<OtelCounter<u64>>,
+    exported: OtelCounter<u64>,
     ring_lag: Gauge<u64>,
     requests_seen: Deltas<(Option<String>, Propagation)>,
     findings_seen: Deltas<FindingKind>,
@@ -219,8 +158,8 @@ impl Instruments {
         }
     }
 
-    pub fn record(&mut self, s: &MetricsSnapshot, export: &ExportStats) {
-        for ((service, p), n) in &s.requests {
+    pub fn record(&mut self, s: &Snapshot, export: &ExportStats) {
+        for ((service, p), n) in &requests(s) {
             let d = self.requests_seen.delta((service.clone(), *p), *n);
             if d > 0 {
                 let mut attrs = vec![KeyValue::new("propagation", p.as_str())];
@@ -238,11 +177,11 @@ impl Instruments {
                     .add(d, &[KeyValue::new("tracegap.finding.kind", kind.as_str())]);
             }
         }
-        for i in DROP_REASONS {
-            let name = counter::NAMES[i as usize];
-            let d = self.scalars_seen.delta(name, s.kernel[i as usize]);
+        for (counter, value) in s.kernel.iter().filter(|(c, _)| c.is_drop()) {
+            let d = self.scalars_seen.delta(counter.name(), value);
             // Zero adds too: the series exists (at 0) before the first drop.
-            self.dropped.add(d, &[KeyValue::new("reason", name)]);
+            self.dropped
+                .add(d, &[KeyValue::new("reason", counter.name())]);
         }
         for ((name, _, pick), c) in SELF_COUNTERS.iter().zip(&self.self_counters) {
             c.add(self.scalars_seen.delta(name, pick(s)), &[]);

@@ -2,11 +2,13 @@
 //! first. Pure over an environment lookup so it is testable without touching the process env.
 
 use super::ExportError;
+use crate::model::otel_env::{
+    service_name_from_resource_attributes, RESOURCE_ATTRIBUTES as OTEL_RESOURCE_ATTRIBUTES,
+    SERVICE_NAME as OTEL_SERVICE_NAME,
+};
 
 pub const OTEL_EXPORTER_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
 pub const OTEL_EXPORTER_OTLP_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
-pub const OTEL_SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
-pub const OTEL_RESOURCE_ATTRIBUTES: &str = "OTEL_RESOURCE_ATTRIBUTES";
 /// The agent's own `service.name` when neither variable names one.
 pub const DEFAULT_SERVICE_NAME: &str = "tracegap";
 
@@ -99,7 +101,7 @@ pub fn service_name_in_env(env: impl Fn(&str) -> Option<String>) -> bool {
     env(OTEL_SERVICE_NAME).is_some_and(|v| !v.trim().is_empty())
         || env(OTEL_RESOURCE_ATTRIBUTES)
             .as_deref()
-            .and_then(crate::process::service_name_from_resource_attributes)
+            .and_then(service_name_from_resource_attributes)
             .is_some()
 }
 

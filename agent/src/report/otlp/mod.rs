@@ -40,11 +40,11 @@ use opentelemetry_sdk::{
 pub use self::{
     config::{ExportConfig, Protocol},
     counting::ExportStats,
-    metrics::{ring_lag_ms, snapshot, MetricsSnapshot},
+    metrics::ring_lag_ms,
     record::EVENT_NAME,
 };
 use self::{counting::Counting, limiter::Limiter, metrics::Instruments};
-use crate::findings::{Finding, FindingStore};
+use crate::{findings::Finding, snapshot::Snapshot};
 
 /// Longest wait for the last export at shutdown.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -152,7 +152,8 @@ impl FindingsExporter {
         })
     }
 
-    /// Whether paths are templated (`crate::path_template`) before export; on by default.
+    /// Whether paths are templated (`crate::report::path_template`) before export; on by
+    /// default.
     #[must_use]
     pub fn with_path_template(mut self, on: bool) -> Self {
         self.path_template = on;
@@ -167,29 +168,18 @@ impl FindingsExporter {
         }
     }
 
-    /// Offers every finding of `store` whose count changed since it was last seen here (an
-    /// alternative to calling [`FindingsExporter::finding`] with `take_changed()`; cheap: one
-    /// lookup per finding). `extra` gives the attributes for a finding, e.g. `k8s.*`.
-    pub fn findings_from(
-        &mut self,
-        store: &FindingStore,
-        extra: impl Fn(&Finding) -> Vec<(&'static str, String)>,
-    ) {
-        let now = Instant::now();
-        for f in store.all() {
-            if self.limiter.unchanged(f) {
-                continue;
-            }
-            let extra = extra(f);
-            if self.limiter.offer(f, &extra, now) {
-                self.emit(f, &extra);
-            }
+    /// Takes a tick's snapshot: offers the findings that changed (with their pod's `k8s.*`
+    /// attributes), sends kept findings whose interval has passed, and records the metrics.
+    pub fn offer(&mut self, snapshot: &Snapshot) {
+        for f in &snapshot.changed {
+            self.finding(f, &f.subject.k8s.clone());
         }
+        self.metrics(snapshot);
     }
 
     /// Records a cumulative snapshot (call about every second); also sends kept findings whose
     /// interval has passed.
-    pub fn metrics(&mut self, snapshot: &MetricsSnapshot) {
+    pub fn metrics(&mut self, snapshot: &Snapshot) {
         for (f, extra) in self.limiter.due(Instant::now(), false) {
             self.emit(&f, &extra);
         }

@@ -1,0 +1,125 @@
+//! Is a process instrumented? It is when its environment has OTEL_* variables, or once it is
+//! seen exporting spans (to this agent, or on the wire: `POST /v1/traces`, an HTTP/2 connection
+//! to the OTLP/gRPC port). SDKs export after the request, so a request without context from a
+//! process not (yet) known to be instrumented is held for [`INSTRUMENTATION_SETTLE`] before it is
+//! called `uninstrumented_client` rather than `missing_traceparent`.
+
+use std::{
+    collections::{BTreeMap, HashSet, VecDeque},
+    time::{Duration, SystemTime},
+};
+
+use super::Raised;
+use crate::{
+    attribute::Subject,
+    findings::{FindingKey, FindingKind},
+};
+
+/// How long a process has to show it is instrumented (export spans) after a request without
+/// context, before the request is called `uninstrumented_client`.
+pub const INSTRUMENTATION_SETTLE: Duration = Duration::from_secs(5);
+/// Requests awaiting that verdict; past it the oldest are settled at once.
+const MAX_PROVISIONAL: usize = 65_536;
+
+/// A request without context, awaiting its process's instrumentation verdict.
+struct Provisional {
+    due: SystemTime,
+    key: FindingKey,
+    subject: Subject,
+    /// The process's identity (environment) was read: if it never exports, it really is
+    /// uninstrumented. Otherwise (exited first, no permission) it is unknown and not judged.
+    identity_known: bool,
+    evidence: BTreeMap<String, String>,
+    at: SystemTime,
+}
+
+#[derive(Default)]
+pub struct Instrumentation {
+    /// Processes seen sending OTLP exports: instrumented even without OTEL_* env.
+    exporters: HashSet<u32>,
+    /// Requests without context awaiting the instrumentation verdict of their process.
+    provisional: VecDeque<Provisional>,
+    /// Requests without context from processes whose environment could not be read (exited
+    /// first, or /proc not readable): whether they were instrumented is unknown, so they are
+    /// not judged.
+    pub process_unknown: u64,
+}
+
+impl Instrumentation {
+    /// `pid` exports spans.
+    pub fn saw_exporter(&mut self, pid: u32) {
+        self.exporters.insert(pid);
+    }
+
+    pub fn is_exporter(&self, pid: u32) -> bool {
+        self.exporters.contains(&pid)
+    }
+
+    /// Holds an `uninstrumented_client` verdict until the process had time to export.
+    pub fn defer(
+        &mut self,
+        key: FindingKey,
+        subject: Subject,
+        identity_known: bool,
+        evidence: BTreeMap<String, String>,
+        at: SystemTime,
+        out: &mut Vec<Raised>,
+    ) {
+        if self.provisional.len() >= MAX_PROVISIONAL {
+            self.settle(|_| true, out);
+        }
+        self.provisional.push_back(Provisional {
+            due: at + INSTRUMENTATION_SETTLE,
+            key,
+            subject,
+            identity_known,
+            evidence,
+            at,
+        });
+    }
+
+    /// Settles the verdicts due by `now`.
+    pub fn settle_due(&mut self, now: SystemTime, out: &mut Vec<Raised>) {
+        self.settle(|p| p.due <= now, out);
+    }
+
+    /// Settles the verdicts of processes that exited (they export nothing more).
+    pub fn settle_exited(&mut self, alive: impl Fn(u32) -> bool, out: &mut Vec<Raised>) {
+        self.settle(|p| !alive(p.key.pid), out);
+    }
+
+    /// Settles everything (at exit).
+    pub fn settle_all(&mut self, out: &mut Vec<Raised>) {
+        self.settle(|_| true, out);
+    }
+
+    /// Forgets exporters that exited.
+    pub fn retain(&mut self, alive: impl Fn(u32) -> bool) {
+        self.exporters.retain(|pid| alive(*pid));
+    }
+
+    /// Seen exporting since → `missing_traceparent`; identity unknown → not judged (counted);
+    /// otherwise `uninstrumented_client`.
+    fn settle(&mut self, ready: impl Fn(&Provisional) -> bool, out: &mut Vec<Raised>) {
+        let (now_ready, waiting): (VecDeque<_>, VecDeque<_>) =
+            std::mem::take(&mut self.provisional)
+                .into_iter()
+                .partition(|p| ready(p));
+        self.provisional = waiting;
+        for p in now_ready {
+            let mut key = p.key;
+            if self.exporters.contains(&key.pid) {
+                key.kind = FindingKind::MissingTraceparent;
+            } else if !p.identity_known {
+                self.process_unknown += 1;
+                continue;
+            }
+            out.push(Raised {
+                key,
+                subject: Some(p.subject),
+                evidence: p.evidence,
+                at: p.at,
+            });
+        }
+    }
+}

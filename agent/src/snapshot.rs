@@ -1,0 +1,164 @@
+//! What the pipeline publishes each tick for the outputs (table, JSON, OTLP): read-only, so
+//! the outputs can run in any order and never reach into the pipeline's state.
+//!
+//! Every counter name is written once, beside its value, in a `named()` list; the outputs print
+//! those lists as they are.
+
+use std::{collections::BTreeMap, time::SystemTime};
+
+use crate::{
+    attribute::AttributeCounters,
+    correlate::{traces::TraceCounters, CorrelateCounters, ProcessStats},
+    findings::{Finding, FindingKind},
+    model::{KernelCounters, Protocol},
+    parse::ParseCounters,
+};
+
+/// One tick's view of everything.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub taken_at: Option<SystemTime>,
+    /// Findings whose count changed since the previous snapshot, in the order they changed.
+    pub changed: Vec<Finding>,
+    /// Every process with requests, by pid.
+    pub processes: Vec<ProcessRow>,
+    /// Distinct findings held, by kind.
+    pub findings_by_kind: BTreeMap<FindingKind, u64>,
+    pub kernel: KernelCounters,
+    pub agent: AgentCounters,
+    /// The OTLP receiver's counters, when it runs.
+    pub receiver: Option<Vec<(&'static str, u64)>>,
+    /// Milliseconds from the kernel timestamp of the last record of the latest ring buffer
+    /// batch to its processing: how far behind the agent reads.
+    pub ring_lag_ms: u64,
+}
+
+/// One process that sent or received requests.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ProcessRow {
+    pub pid: u32,
+    /// As the attribute stage knows it (absent when never looked up).
+    pub comm: Option<String>,
+    pub service_name: Option<String>,
+    pub stats: ProcessStats,
+    pub findings: Vec<FindingBrief>,
+}
+
+/// A finding as one cell of the table.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FindingBrief {
+    pub kind: FindingKind,
+    pub count: u64,
+    pub tls: bool,
+    pub protocol: Protocol,
+}
+
+/// The agent's own counters, from every stage.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AgentCounters {
+    /// Ring buffer records handled.
+    pub events: u64,
+    /// Ring buffer records that did not decode.
+    pub decode_errors: u64,
+    pub parse: ParseCounters,
+    /// HTTP/2 connections forgotten to stay within their bound (untrusted if they speak again).
+    pub h2_connections_evicted: u64,
+    /// Go executables not probed: built before Go's register ABI (Go < 1.17).
+    pub go_tls_too_old: u64,
+    pub attribute: AttributeCounters,
+    pub correlate: CorrelateCounters,
+    /// Requests without context whose process could not be identified: not judged.
+    pub process_unknown: u64,
+    pub traces: TraceCounters,
+    /// Distinct findings held now.
+    pub findings: u64,
+    pub findings_evicted: u64,
+    pub processes_with_stats: u64,
+}
+
+impl AgentCounters {
+    /// Every counter but the trace rules' ones (see [`TraceCounters::named`]), by name.
+    pub fn named(&self) -> Vec<(&'static str, u64)> {
+        let mut named = vec![
+            ("events", self.events),
+            ("decode_errors", self.decode_errors),
+        ];
+        named.extend(self.parse.named());
+        named.extend([
+            ("h2_connections_evicted", self.h2_connections_evicted),
+            ("go_tls_too_old", self.go_tls_too_old),
+        ]);
+        named.extend(self.attribute.named());
+        named.extend(self.correlate.named());
+        named.extend([
+            ("process_unknown", self.process_unknown),
+            ("findings", self.findings),
+            ("findings_evicted", self.findings_evicted),
+            ("processes_with_stats", self.processes_with_stats),
+        ]);
+        named
+    }
+}
+
+impl ParseCounters {
+    pub fn named(&self) -> [(&'static str, u64); 3] {
+        [
+            ("parse_failures", self.parse_failures),
+            ("h2_undetermined", self.h2_undetermined),
+            ("h2_lost_sync", self.h2_lost_sync),
+        ]
+    }
+}
+
+impl AttributeCounters {
+    pub fn named(&self) -> [(&'static str, u64); 2] {
+        [
+            ("processes_exited_before_lookup", self.exited_before_lookup),
+            ("processes_cached", self.processes_cached),
+        ]
+    }
+}
+
+impl CorrelateCounters {
+    pub fn named(&self) -> [(&'static str, u64); 5] {
+        [
+            ("undetermined", self.undetermined),
+            ("telemetry_exports", self.telemetry_exports),
+            ("export_batches", self.export_batches),
+            ("unattributed_batches", self.unattributed_batches),
+            ("stats_evicted", self.stats_evicted),
+        ]
+    }
+}
+
+impl TraceCounters {
+    pub fn named(&self) -> [(&'static str, u64); 9] {
+        [
+            ("judged", self.judged),
+            ("unverifiable", self.unverifiable),
+            ("unsampled", self.unsampled),
+            ("late_spans", self.late_spans),
+            ("pending_dropped", self.pending_dropped),
+            ("spans_evicted", self.spans_evicted),
+            ("pending_at_exit", self.pending_at_exit),
+            ("processes_evicted", self.processes_evicted),
+            ("trace_ids_evicted", self.trace_ids_evicted),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[test]
+    fn counter_names_are_distinct() {
+        let agent = AgentCounters::default();
+        let names: Vec<&str> = agent.named().iter().map(|(n, _)| *n).collect();
+        let distinct: HashSet<&str> = names.iter().copied().collect();
+        assert_eq!(names.len(), distinct.len(), "{names:?}");
+        assert!(!distinct.contains("traces"), "a key of its own in JSON");
+    }
+}
