@@ -140,10 +140,15 @@ impl Pipeline {
 
     fn record_raised(&mut self) {
         for r in self.raised.drain(..) {
-            let subject = r.subject.unwrap_or_else(|| {
+            let mut subject = r.subject.unwrap_or_else(|| {
                 let info = self.attributor.process_by_pid(r.key.pid);
                 self.attributor.subject(&info)
             });
+            // A process often names its service in its first span export, after the request
+            // a verdict was held for.
+            if subject.service_name.is_none() {
+                subject.service_name = self.attributor.service_name(r.key.pid);
+            }
             self.findings.record(r.key, &subject, r.evidence, r.at);
         }
     }

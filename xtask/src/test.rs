@@ -39,6 +39,7 @@ pub fn run(opts: &Options) -> Result<()> {
         unit.current_dir(workspace_root()).args([
             "test",
             "--release",
+            "--no-fail-fast",
             "--workspace",
             "--exclude",
             E2E_PACKAGE,
@@ -51,7 +52,15 @@ pub fn run(opts: &Options) -> Result<()> {
 
     let mut e2e = cargo();
     e2e.current_dir(workspace_root())
-        .args(["test", "--release", "--package", E2E_PACKAGE, "--"])
+        // Every suite runs even when one fails: CI shows all failures at once.
+        .args([
+            "test",
+            "--release",
+            "--no-fail-fast",
+            "--package",
+            E2E_PACKAGE,
+            "--",
+        ])
         .arg("--test-threads=1");
     if let Some(filter) = &opts.filter {
         e2e.arg(filter);
