@@ -47,10 +47,17 @@ pub enum Counter {
     /// Go TLS calls whose socket could not be found from the `tls.Conn` (a wrapper
     /// `net.Conn`): captured, but without a peer.
     GoTlsFdUnknown,
+    /// Exec, fork and exit records lost (ring buffer full): the agent then reads /proc, and a
+    /// process that already exited is unknown.
+    ProcessRecordsLost,
+    /// Exec records whose environment or path could not be read.
+    ExecUnreadable,
+    /// Exec records whose environment block was larger than `EXEC_ENV_MAX` (cut).
+    ExecEnvTruncated,
 }
 
 impl Counter {
-    pub const COUNT: usize = 16;
+    pub const COUNT: usize = 19;
 
     /// Every counter, in index order.
     pub const ALL: [Self; Self::COUNT] = [
@@ -70,6 +77,9 @@ impl Counter {
         Self::ScratchUnavailable,
         Self::PeerNotRecorded,
         Self::GoTlsFdUnknown,
+        Self::ProcessRecordsLost,
+        Self::ExecUnreadable,
+        Self::ExecEnvTruncated,
     ];
 
     /// The name in the table, the JSON `counters` line and the OTLP `reason` attribute.
@@ -91,6 +101,9 @@ impl Counter {
             Self::ScratchUnavailable => "scratch_unavailable",
             Self::PeerNotRecorded => "peer_not_recorded",
             Self::GoTlsFdUnknown => "go_tls_fd_unknown",
+            Self::ProcessRecordsLost => "process_records_lost",
+            Self::ExecUnreadable => "exec_unreadable",
+            Self::ExecEnvTruncated => "exec_env_truncated",
         }
     }
 
@@ -106,14 +119,17 @@ impl Counter {
             | Self::TlsReturnUnmatched
             | Self::ScratchUnavailable
             | Self::PeerNotRecorded
-            | Self::GoTlsFdUnknown => true,
+            | Self::GoTlsFdUnknown
+            | Self::ProcessRecordsLost
+            | Self::ExecUnreadable => true,
             Self::Inspected
             | Self::Captured
             | Self::Truncated
             | Self::TlsClientHellos
             | Self::H2Connections
             | Self::H2Joined
-            | Self::H2HintReplaced => false,
+            | Self::H2HintReplaced
+            | Self::ExecEnvTruncated => false,
         }
     }
 

@@ -46,6 +46,7 @@ pub const COMM_LEN: usize = 16;
 /// Names of the load-time globals in the eBPF object (set with `EbpfLoader::set_global`).
 pub const GLOBAL_AGENT_TGID: &str = "AGENT_TGID";
 pub const GLOBAL_CAPTURE_CAP: &str = "CAPTURE_CAP";
+pub const GLOBAL_KERNEL_OFFSETS: &str = "KERNEL_OFFSETS";
 /// Map names, defined once for both sides.
 pub const MAP_EVENTS: &str = "EVENTS";
 pub const MAP_COUNTERS: &str = "COUNTERS";
@@ -75,13 +76,21 @@ pub mod syscall {
     pub const SSL_WRITE_EX: u8 = 9;
     pub const SSL_READ: u8 = 10;
     pub const SSL_READ_EX: u8 = 11;
-    /// Not a request: a process called execve (`sched_process_exec`); header only, no payload.
-    /// The agent checks the new executable for TLS functions to probe (e.g. Node's OpenSSL).
+    /// Not a request: a process called execve (`sched_process_exec`). The payload is a
+    /// [`super::ProcessRecord`], the executable's path ([`super::EXEC_FILENAME_MAX`] bytes) and
+    /// the new image's environment block. The agent learns who the process is from it, and
+    /// checks the new executable for TLS functions to probe (e.g. Node's OpenSSL).
     pub const EXEC: u8 = 12;
     /// Go `crypto/tls.(*Conn).Write` and `(*Conn).Read` (uprobes, register ABI): plaintext,
     /// with [`super::flags::TLS`].
     pub const GO_TLS_WRITE: u8 = 13;
     pub const GO_TLS_READ: u8 = 14;
+    /// Not a request: a process forked a new process (`sched_process_fork`, threads excluded).
+    /// The header's tgid is the child; the payload is a [`super::ProcessRecord`] naming the
+    /// parent, whose identity the child inherits until it execs.
+    pub const FORK: u8 = 15;
+    /// Not a request: a process ended (`sched_process_exit` of its main thread); header only.
+    pub const EXIT: u8 = 16;
     /// Not an event id: the attach cookie of the uprobes on the `RET`s of Go's `(*Conn).Read`
     /// (the Go program tells its three kinds of probe apart by cookie).
     pub const GO_TLS_READ_RETURN_COOKIE: u64 = 0x100 | GO_TLS_READ as u64;
@@ -100,6 +109,8 @@ pub mod flags {
     /// An earlier event of this HTTP/2 connection was lost (ring buffer full): the HPACK state
     /// cannot be trusted any more.
     pub const H2_GAP: u8 = 1 << 4;
+    /// An exec record whose path and environment were read (else: header only).
+    pub const PROCESS_DETAILS: u8 = 1 << 5;
     /// Bits that mean the capture is incomplete.
     pub const INCOMPLETE: u8 = IOVECS_SKIPPED | READ_FAILED;
 }
@@ -156,6 +167,65 @@ const _: () = assert!(
     RING_BUF_BYTES_DEFAULT.is_multiple_of(4096) && RING_BUF_BYTES_DEFAULT.is_power_of_two()
 );
 
+/// Bytes of the executable's path kept in an exec record.
+pub const EXEC_FILENAME_MAX: usize = 256;
+/// Bytes of the new image's environment block kept in an exec record; a larger block is cut
+/// here (the record says how large it was). A power of two, for the verifier's bound.
+pub const EXEC_ENV_MAX: usize = 16384;
+const _: () = assert!(EXEC_ENV_MAX.is_power_of_two());
+
+/// What the kernel knows about a process at exec or fork, after the [`EventHeader`] of an
+/// `EXEC` or `FORK` record. An exec record continues with [`EXEC_FILENAME_MAX`] bytes of path
+/// (NUL-padded) and `env_len` bytes of environment block.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ProcessRecord {
+    /// `bpf_get_current_cgroup_id`: the cgroup v2 directory's inode number.
+    pub cgroup_id: u64,
+    /// The forking process (fork records); 0 in exec records.
+    pub parent_tgid: u32,
+    /// Bytes of the path, without its NUL; 0 when unknown.
+    pub filename_len: u32,
+    /// Environment bytes that follow the path.
+    pub env_len: u32,
+    /// The whole environment block's size (`mm->env_end - mm->env_start`): more than `env_len`
+    /// means it was cut.
+    pub env_total: u32,
+}
+pub const PROCESS_RECORD_LEN: usize = size_of::<ProcessRecord>();
+const _: () = assert!(PROCESS_RECORD_LEN == 24);
+
+/// A full exec record as built in its per-CPU scratch buffer.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ExecBuf {
+    pub header: EventHeader,
+    pub process: ProcessRecord,
+    pub filename: [u8; EXEC_FILENAME_MAX],
+    pub env: [u8; EXEC_ENV_MAX],
+}
+
+/// Offsets of the kernel struct fields the process programs read, found by the agent in the
+/// kernel's BTF (/sys/kernel/btf/vmlinux) and set at load time: Rust BPF programs have no CO-RE
+/// relocations, and these layouts change between kernel builds. `valid` 0: no BTF, the
+/// programs then send headers only.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    pub valid: u32,
+    /// `task_struct.mm`, `.pid`, `.tgid`.
+    pub task_mm: u32,
+    pub task_pid: u32,
+    pub task_tgid: u32,
+    /// `mm_struct.env_start`, `.env_end`.
+    pub mm_env_start: u32,
+    pub mm_env_end: u32,
+    /// `linux_binprm.filename`.
+    pub bprm_filename: u32,
+    pub _pad0: u32,
+}
+const _: () = assert!(size_of::<KernelOffsets>() == 32);
+
 /// Peer of a connected socket, remembered at `connect`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -198,7 +268,11 @@ pub use counter::Counter;
 
 #[cfg(feature = "user")]
 mod user {
-    use super::{EventHeader, H2Conn, Peer, SocketKey};
+    use super::{EventHeader, H2Conn, KernelOffsets, Peer, ProcessRecord, SocketKey};
+    // SAFETY: repr(C), u32s only, explicit padding (size asserted above).
+    unsafe impl aya::Pod for KernelOffsets {}
+    // SAFETY: repr(C), integers only, no implicit padding (size asserted above).
+    unsafe impl aya::Pod for ProcessRecord {}
     // SAFETY: repr(C), four bytes, no padding (size asserted above).
     unsafe impl aya::Pod for H2Conn {}
     // SAFETY: repr(C), integers and byte arrays only, explicit padding (size asserted above).

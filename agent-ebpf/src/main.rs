@@ -11,6 +11,7 @@ mod capture;
 mod gotls;
 mod h2;
 mod maps;
+mod process;
 mod recv;
 mod send;
 mod socket;

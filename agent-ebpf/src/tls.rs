@@ -16,24 +16,19 @@
 //! inside `SSL_write`, so the fd (and the peer remembered at `connect`) is known; with a memory
 //! BIO (Node) the socket write happens after the call returns and the fd stays -1.
 
-use agent_common::{
-    direction, family, syscall, Counter, EventHeader, TLS_STASH_ENTRIES,
-};
+use agent_common::{direction, syscall, Counter, TLS_STASH_ENTRIES};
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_comm,
-        generated::{bpf_get_attach_cookie, bpf_ktime_get_ns},
-    },
-    macros::{map, raw_tracepoint, uprobe, uretprobe},
+    helpers::generated::bpf_get_attach_cookie,
+    macros::{map, uprobe, uretprobe},
     maps::LruHashMap,
-    programs::{ProbeContext, RawTracePointContext, RetProbeContext},
+    programs::{ProbeContext, RetProbeContext},
     EbpfContext as _,
 };
 use aya_log_ebpf::warn;
 
 use crate::{
     capture::{capture, read_user, Seen, Source, Syscall},
-    maps::{count, current_tgid_unless_agent, EVENTS},
+    maps::{count, current_tgid_unless_agent},
 };
 
 /// An OpenSSL call between its uprobe and uretprobe.
@@ -79,42 +74,6 @@ pub fn tracegap_ssl_enter(ctx: ProbeContext) -> u32 {
 pub fn tracegap_ssl_ret(ctx: RetProbeContext) -> u32 {
     let _ignored = try_ret(&ctx);
     0
-}
-
-/// `sched_process_exec`: tells the agent a new executable runs, so it can probe it if it links
-/// OpenSSL statically before the process gets to its first request (the periodic /proc scan
-/// would be seconds late). Exec is rare; the record is a bare header.
-#[raw_tracepoint(tracepoint = "sched_process_exec")]
-pub fn tracegap_exec(_ctx: RawTracePointContext) -> i32 {
-    let _ignored = try_exec();
-    0
-}
-
-#[inline(always)]
-fn try_exec() -> Result<(), ()> {
-    let (pid_tgid, tgid) = current_tgid_unless_agent().ok_or(())?;
-    let header = EventHeader {
-        // SAFETY: no preconditions.
-        timestamp_ns: unsafe { bpf_ktime_get_ns() },
-        total_len: 0,
-        tgid,
-        tid: pid_tgid as u32,
-        fd: -1,
-        captured_len: 0,
-        comm: bpf_get_current_comm().unwrap_or_default(),
-        peer_addr: [0; 16],
-        peer_port: 0,
-        peer_family: family::UNKNOWN,
-        direction: direction::OUTBOUND,
-        syscall: syscall::EXEC,
-        flags: 0,
-        _pad0: [0],
-    };
-    if EVENTS.output::<EventHeader>(&header, 0).is_err() {
-        count(Counter::RingbufFull);
-        return Err(());
-    }
-    Ok(())
 }
 
 const fn is_ex(kind: u8) -> bool {

@@ -14,7 +14,7 @@ use std::{
 
 use crate::{
     attribute::{k8s::PodIndex, process::ProcessInfo, Attributor, Subject},
-    capture::{CapturedEvent, DecodeError},
+    capture::{CapturedEvent, DecodeError, Record},
     correlate::{Correlator, Raised, Sender},
     findings::FindingStore,
     model::{Direction, KernelCounters},
@@ -38,6 +38,7 @@ pub struct Pipeline {
     correlator: Correlator,
     findings: FindingStore,
     events: u64,
+    process_records: u64,
     decode_errors: u64,
     /// Findings raised and not yet recorded (reused buffer).
     raised: Vec<Raised>,
@@ -53,6 +54,7 @@ impl Pipeline {
             correlator: Correlator::new(span_grace),
             findings: FindingStore::default(),
             events: 0,
+            process_records: 0,
             decode_errors: 0,
             raised: Vec::new(),
             boot_offset: boot_offset(),
@@ -60,10 +62,17 @@ impl Pipeline {
     }
 
     /// One ring buffer record.
-    pub fn handle(&mut self, event: Result<CapturedEvent, DecodeError>) {
-        self.events += 1;
-        let event = match event {
-            Ok(event) => event,
+    pub fn handle(&mut self, record: Result<Record, DecodeError>) {
+        let event = match record {
+            Ok(Record::Request(event)) => {
+                self.events += 1;
+                event
+            }
+            Ok(Record::Process(change)) => {
+                self.process_records += 1;
+                self.attributor.process_changed(&change);
+                return;
+            }
             Err(e) => {
                 self.decode_errors += 1;
                 log::debug!("undecodable ring buffer record: {e}");
@@ -182,6 +191,7 @@ impl Pipeline {
         }
         let agent = AgentCounters {
             events: self.events,
+            process_records: self.process_records,
             decode_errors: self.decode_errors,
             parse: self.parser.counters.clone(),
             h2_connections_evicted: self.parser.h2_evicted(),
@@ -220,7 +230,7 @@ impl Sender for Sending<'_> {
     }
 
     fn identity_known(&self) -> bool {
-        !self.info.exited && self.info.environ_readable
+        self.info.identity_known()
     }
 
     fn peer(&mut self) -> Option<SocketAddr> {

@@ -135,7 +135,7 @@ pub async fn run(args: Args, shutdown: impl Future<Output = ()>) -> anyhow::Resu
             Wake::Events(r) => {
                 r.context("reading the ring buffer")?;
                 if let Some(Ok(last)) = batch.last() {
-                    ring_lag_ms = export::ring_lag_ms(last.monotonic_ns);
+                    ring_lag_ms = export::ring_lag_ms(last.monotonic_ns());
                 }
                 for event in batch.drain(..) {
                     pipeline.handle(event);

@@ -56,8 +56,10 @@ pub struct FindingBrief {
 /// The agent's own counters, from every stage.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AgentCounters {
-    /// Ring buffer records handled.
+    /// Request records handled (captured requests and HTTP/2 frames).
     pub events: u64,
+    /// Process records handled (exec, fork, exit).
+    pub process_records: u64,
     /// Ring buffer records that did not decode.
     pub decode_errors: u64,
     pub parse: ParseCounters,
@@ -81,6 +83,7 @@ impl AgentCounters {
     pub fn named(&self) -> Vec<(&'static str, u64)> {
         let mut named = vec![
             ("events", self.events),
+            ("process_records", self.process_records),
             ("decode_errors", self.decode_errors),
         ];
         named.extend(self.parse.named());
@@ -111,10 +114,12 @@ impl ParseCounters {
 }
 
 impl AttributeCounters {
-    pub fn named(&self) -> [(&'static str, u64); 2] {
+    pub fn named(&self) -> [(&'static str, u64); 4] {
         [
             ("processes_exited_before_lookup", self.exited_before_lookup),
             ("processes_cached", self.processes_cached),
+            ("processes_from_records", self.from_records),
+            ("processes_evicted", self.evicted),
         ]
     }
 }

@@ -28,6 +28,9 @@ pub enum Kind {
     SendtoOther,
     /// `sendto` of an HTTP request on a full Unix datagram socket (captured).
     SendtoHttp,
+    /// fork + exec of `/bin/true` and its exit, waited for: the process records' cost
+    /// (exec, fork, exit) per process started.
+    Spawn,
 }
 
 #[derive(clap::Args)]
@@ -50,6 +53,9 @@ const HTTP_REQUEST: &[u8] =
 const OTHER: [u8; 64] = [0x5a; 64];
 
 pub fn run(opts: &Options) -> Result<Value> {
+    if opts.kind == Kind::Spawn {
+        return spawn(opts);
+    }
     let devnull = File::options()
         .write(true)
         .open("/dev/null")
@@ -73,6 +79,7 @@ pub fn run(opts: &Options) -> Result<Value> {
             HTTP_REQUEST.as_ptr(),
             HTTP_REQUEST.len(),
         ),
+        Kind::Spawn => (-1, OTHER.as_ptr(), 0),
     };
     let burst = opts.burst.max(1);
     let mut done = 0u64;
@@ -90,6 +97,7 @@ pub fn run(opts: &Options) -> Result<Value> {
                     Kind::SendtoOther | Kind::SendtoHttp => {
                         libc::sendto(fd, ptr.cast(), len, 0, std::ptr::null(), 0)
                     }
+                    Kind::Spawn => 0,
                 }
             };
             if ret < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock {
@@ -106,6 +114,25 @@ pub fn run(opts: &Options) -> Result<Value> {
     let ns_per_call = timed.as_nanos() as f64 / opts.count.max(1) as f64;
     Ok(json!({
         "kind": format!("{:?}", opts.kind),
+        "count": opts.count,
+        "ns_per_call": ns_per_call,
+        "pid": std::process::id(),
+    }))
+}
+
+/// `count` processes, one after another: fork, exec `/bin/true`, exit, reaped.
+fn spawn(opts: &Options) -> Result<Value> {
+    let started = Instant::now();
+    for _ in 0..opts.count {
+        let status = std::process::Command::new("/bin/true")
+            .status()
+            .context("spawn /bin/true")?;
+        anyhow::ensure!(status.success(), "/bin/true failed: {status}");
+    }
+    #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
+    let ns_per_call = started.elapsed().as_nanos() as f64 / opts.count.max(1) as f64;
+    Ok(json!({
+        "kind": "Spawn",
         "count": opts.count,
         "ns_per_call": ns_per_call,
         "pid": std::process::id(),

@@ -90,7 +90,7 @@ const ATTACH_WITHIN: Duration = Duration::from_secs(300);
 #[test]
 fn readme_run_command_judges_a_request_and_stops_cleanly_on_ctrl_c() {
     let before: Vec<u64> = bpf_programs().into_iter().map(|(id, _, _)| id).collect();
-    let server = HttpServer::start(Duration::from_millis(200));
+    let server = HttpServer::start(Duration::ZERO);
     // Exactly the README's command, in its own process group like a shell job, so that the
     // Ctrl-C below reaches cargo, xtask and the agent together.
     let agent = Agent::start_command_within(
@@ -104,9 +104,11 @@ fn readme_run_command_judges_a_request_and_stops_cleanly_on_ctrl_c() {
     let programs = programs_of(agent_pids[0], &before);
     assert!(!programs.is_empty(), "the agent holds no programs");
 
-    let client = run_client(Command::new("python3").args([
-        "-c",
-        "import sys, time, urllib.request; urllib.request.urlopen(sys.argv[1]).read(); time.sleep(1)",
+    // The README's first example: a curl, gone in milliseconds.
+    let client = run_client(Command::new("curl").args([
+        "-s",
+        "-o",
+        "/dev/null",
         &server.url("/front-door?token=SECRET"),
     ]));
     agent.wait_for(
@@ -122,7 +124,7 @@ fn readme_run_command_judges_a_request_and_stops_cleanly_on_ctrl_c() {
     assert_eq!(f["kind"], "uninstrumented_client", "{f}");
     assert_eq!(f["path"], "/front-door", "{f}");
     assert_eq!(f["peer"], server.addr().to_string(), "{f}");
-    assert_eq!(f["comm"], "python3", "{f}");
+    assert_eq!(f["comm"], "curl", "{f}");
     assert!(!show(&lines).contains("SECRET"), "{}", show(&lines));
     assert!(
         lines.last().is_some_and(|l| l["kind"] == "counters"),

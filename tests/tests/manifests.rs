@@ -288,10 +288,10 @@ fn dockerfile_installs_what_setup_installs() {
     let root = repo_root();
     let setup = std::fs::read_to_string(root.join("xtask/src/setup.rs")).expect("setup.rs");
     let list = setup
-        .split_once("const APT_PACKAGES: &[&str] = &[")
+        .split_once("const RUN_APT_PACKAGES: &[&str] = &[")
         .and_then(|(_, rest)| rest.split_once("];"))
         .map(|(list, _)| list)
-        .expect("APT_PACKAGES in setup.rs");
+        .expect("RUN_APT_PACKAGES in setup.rs");
     let packages: Vec<&str> = list
         .split(',')
         .map(|p| p.trim().trim_matches('"'))

@@ -45,6 +45,8 @@ pub struct Plan {
     fixed_rate: u32,
     syscall_loop_count: u64,
     capture_loop_count: u64,
+    /// Processes started (fork + exec + exit) per spawn loop.
+    spawn_loop_count: u64,
     flood_rates: Vec<u64>,
     flood_secs: f64,
     churn_connections: u32,
@@ -61,6 +63,7 @@ impl Plan {
                 fixed_rate: 1000,
                 syscall_loop_count: 20_000,
                 capture_loop_count: 5_000,
+                spawn_loop_count: 50,
                 flood_rates: vec![10_000],
                 flood_secs: 0.5,
                 churn_connections: 200,
@@ -74,6 +77,7 @@ impl Plan {
                 fixed_rate: 10_000,
                 syscall_loop_count: 300_000,
                 capture_loop_count: 50_000,
+                spawn_loop_count: 1_000,
                 // 0: as fast as the sender can.
                 flood_rates: vec![50_000, 100_000, 0],
                 flood_secs: 1.5,
@@ -88,6 +92,7 @@ impl Plan {
                 fixed_rate: 10_000,
                 syscall_loop_count: 1_000_000,
                 capture_loop_count: 200_000,
+                spawn_loop_count: 3_000,
                 flood_rates: vec![25_000, 50_000, 100_000, 150_000, 200_000, 0],
                 flood_secs: 4.0,
                 churn_connections: 100_000,

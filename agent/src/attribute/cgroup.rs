@@ -15,7 +15,12 @@
 //!
 //! Everything here is pure except [`read_container_info`], which reads one `/proc` file.
 
-use std::path::PathBuf;
+use std::{
+    collections::HashMap,
+    os::unix::fs::MetadataExt as _,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 /// Length of a container id as docker, containerd, CRI-O and podman print it in full.
 const CONTAINER_ID_LEN: usize = 64;
@@ -171,6 +176,83 @@ fn is_pod_uid(s: &str) -> bool {
     let hex_or_dash = s.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
     let dashes = s.bytes().filter(|&b| b == b'-').count();
     hex_or_dash && ((s.len() == 36 && dashes == 4) || (s.len() == 32 && dashes == 0))
+}
+
+/// A cgroup v2 directory's inode number (what `bpf_get_current_cgroup_id` returns in the
+/// kernel's exec records) → its path under the cgroup2 mount, for processes that are gone from
+/// /proc by the time their record is read. Walked lazily, again at most every
+/// [`REWALK_AFTER`] on a miss. An agent in a cgroup namespace of its own sees only its subtree:
+/// other ids then stay unknown (the container of a process that is gone is then unknown).
+#[derive(Default)]
+pub struct CgroupPaths {
+    by_id: HashMap<u64, String>,
+    last_walk: Option<Instant>,
+}
+
+/// Least time between two walks of the cgroup tree.
+const REWALK_AFTER: Duration = Duration::from_secs(1);
+/// Directories visited per walk at most.
+const MAX_CGROUP_DIRS: usize = 65_536;
+
+impl CgroupPaths {
+    /// The path (`/kubepods/...`, as in /proc/<pid>/cgroup) of cgroup `id`.
+    pub fn path_of(&mut self, id: u64) -> Option<String> {
+        if id == 0 {
+            return None;
+        }
+        if let Some(path) = self.by_id.get(&id) {
+            return Some(path.clone());
+        }
+        if self.last_walk.is_some_and(|t| t.elapsed() < REWALK_AFTER) {
+            return None;
+        }
+        self.walk();
+        self.by_id.get(&id).cloned()
+    }
+
+    fn walk(&mut self) {
+        self.last_walk = Some(Instant::now());
+        let Some(root) = cgroup2_mount() else {
+            return;
+        };
+        self.by_id.clear();
+        let mut stack = vec![(root.clone(), String::from("/"))];
+        let mut visited = 0;
+        while let Some((dir, path)) = stack.pop() {
+            visited += 1;
+            if visited > MAX_CGROUP_DIRS {
+                break;
+            }
+            if let Ok(meta) = std::fs::metadata(&dir) {
+                self.by_id.insert(meta.ino(), path.clone());
+            }
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    let child = if path == "/" {
+                        format!("/{name}")
+                    } else {
+                        format!("{path}/{name}")
+                    };
+                    stack.push((entry.path(), child));
+                }
+            }
+        }
+    }
+}
+
+/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on
+/// a hybrid host).
+fn cgroup2_mount() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let (_, dir, fstype) = (fields.next(), fields.next()?, fields.next()?);
+        (fstype == "cgroup2").then(|| PathBuf::from(dir))
+    })
 }
 
 #[cfg(test)]

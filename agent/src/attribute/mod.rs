@@ -14,9 +14,9 @@ use std::{collections::HashMap, net::SocketAddr};
 use self::{
     k8s::PodIndex,
     peer::PeerCache,
-    process::{ProcessCache, ProcessInfo},
+    process::{ExecFacts, ProcessCache, ProcessInfo},
 };
-use crate::capture::CapturedEvent;
+use crate::capture::{CapturedEvent, ProcessChange, ProcessEvent};
 
 /// The process a finding is about, as known when it was raised.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -29,12 +29,17 @@ pub struct Subject {
     pub k8s: Vec<(&'static str, String)>,
 }
 
-/// Counts of what this stage could not learn.
+/// Counts of what this stage learned and could not learn.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AttributeCounters {
-    /// Processes gone from /proc when their first event was handled.
+    /// Processes gone from /proc when they were looked up, with no record telling who they
+    /// were.
     pub exited_before_lookup: u64,
     pub processes_cached: u64,
+    /// Processes known from the kernel's exec and fork records.
+    pub from_records: u64,
+    /// Processes forgotten to stay within `MAX_PROCESSES`.
+    pub evicted: u64,
 }
 
 /// The attribute stage.
@@ -54,6 +59,28 @@ impl Attributor {
             peers: PeerCache::default(),
             exported_service: HashMap::new(),
             pods,
+        }
+    }
+
+    /// A process exec'd, forked or ended.
+    pub fn process_changed(&mut self, event: &ProcessEvent) {
+        match &event.change {
+            ProcessChange::Exec(Some(details)) => self.processes.exec(
+                event.pid,
+                &ExecFacts {
+                    comm: &event.comm,
+                    path: details.path.as_deref(),
+                    env: &details.env,
+                    env_complete: details.env_complete,
+                    cgroup_id: details.cgroup_id,
+                },
+            ),
+            // Who it is now, /proc will tell.
+            ProcessChange::Exec(None) => self.processes.forget(event.pid),
+            ProcessChange::Fork { parent } => {
+                self.processes.fork(*parent, event.pid, &event.comm);
+            }
+            ProcessChange::Exit => self.processes.exit(event.pid),
         }
     }
 
@@ -124,6 +151,8 @@ impl Attributor {
         AttributeCounters {
             exited_before_lookup: self.processes.exited_before_lookup,
             processes_cached: self.processes.len() as u64,
+            from_records: self.processes.from_records,
+            evicted: self.processes.evicted,
         }
     }
 }

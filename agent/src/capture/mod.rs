@@ -2,11 +2,12 @@
 //! kernel's counters. Owns every attached link: dropping [`Capture`] detaches them all.
 
 mod event;
+pub mod offsets;
 pub mod uprobe;
 
 use agent_common::{
-    syscall, Counter, CAPTURE_CAP_MAX, GLOBAL_AGENT_TGID, GLOBAL_CAPTURE_CAP, MAP_COUNTERS,
-    MAP_EVENTS,
+    Counter, KernelOffsets, CAPTURE_CAP_MAX, GLOBAL_AGENT_TGID, GLOBAL_CAPTURE_CAP,
+    GLOBAL_KERNEL_OFFSETS, MAP_COUNTERS, MAP_EVENTS,
 };
 use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
@@ -15,17 +16,23 @@ use aya::{
 };
 use tokio::io::unix::AsyncFd;
 
-pub use self::event::{decode, CapturedEvent, DecodeError};
+pub use self::event::{
+    decode, CapturedEvent, DecodeError, ExecDetails, ProcessChange, ProcessEvent, Record,
+};
 use self::uprobe::{TlsError, TlsProbes};
 use crate::model::KernelCounters;
 
 /// The eBPF object built by agent/build.rs (empty when the host had no eBPF toolchain).
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("TRACEGAP_BPF_OBJECT"));
 
-/// Program name → raw tracepoint it attaches to (see agent-ebpf/src/tp.rs for why raw).
+/// Program name → raw tracepoint it attaches to (see agent-ebpf/src/tp.rs for why raw, and
+/// agent-ebpf/src/process.rs for the process records).
 const PROGRAMS: &[(&str, &str)] = &[
     ("tracegap_sys_enter", "sys_enter"),
     ("tracegap_sys_exit", "sys_exit"),
+    ("tracegap_exec", "sched_process_exec"),
+    ("tracegap_fork", "sched_process_fork"),
+    ("tracegap_exit", "sched_process_exit"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -96,9 +103,18 @@ impl Capture {
         }
         let own_tgid = std::process::id();
         let cap = capture_bytes.min(CAPTURE_CAP_MAX as u32);
+        let kernel_offsets = offsets::from_kernel().unwrap_or_else(|e| {
+            log::warn!(
+                "process records without details ({}): processes are identified from /proc, \
+                 and one that exits before its request is handled is not judged",
+                uprobe::chain(&e)
+            );
+            KernelOffsets::default()
+        });
         let mut ebpf = EbpfLoader::new()
             .override_global(GLOBAL_AGENT_TGID, &own_tgid, true)
             .override_global(GLOBAL_CAPTURE_CAP, &cap, true)
+            .override_global(GLOBAL_KERNEL_OFFSETS, &kernel_offsets, true)
             .map_max_entries(MAP_EVENTS, ring_bytes)
             .load(BPF_OBJECT)
             .map_err(CaptureError::Load)?;
@@ -200,7 +216,7 @@ impl Capture {
     pub async fn next_batch(
         &mut self,
         max: usize,
-        out: &mut Vec<Result<CapturedEvent, DecodeError>>,
+        out: &mut Vec<Result<Record, DecodeError>>,
     ) -> std::io::Result<()> {
         if self.drained {
             tokio::time::sleep(COALESCE).await;
@@ -228,7 +244,7 @@ impl Capture {
     }
 
     /// Drains what is in the ring buffer without waiting (used at shutdown).
-    pub fn drain_now(&mut self, out: &mut Vec<Result<CapturedEvent, DecodeError>>) {
+    pub fn drain_now(&mut self, out: &mut Vec<Result<Record, DecodeError>>) {
         let ring = self.events.get_mut();
         while let Some(item) = ring.next() {
             push_or_exec(decode(&item), out, &mut self.execs);
@@ -254,14 +270,19 @@ impl Capture {
     }
 }
 
-/// Exec notices (`syscall::EXEC`) are not requests: they go to `execs`, the rest to `out`.
+/// Exec records also go to `execs`: the new executable may carry a TLS stack to probe.
 fn push_or_exec(
-    event: Result<CapturedEvent, DecodeError>,
-    out: &mut Vec<Result<CapturedEvent, DecodeError>>,
+    record: Result<Record, DecodeError>,
+    out: &mut Vec<Result<Record, DecodeError>>,
     execs: &mut Vec<u32>,
 ) {
-    match event {
-        Ok(e) if e.syscall == syscall::EXEC => execs.push(e.pid),
-        other => out.push(other),
+    if let Ok(Record::Process(ProcessEvent {
+        pid,
+        change: ProcessChange::Exec(_),
+        ..
+    })) = &record
+    {
+        execs.push(*pid);
     }
+    out.push(record);
 }

@@ -24,6 +24,7 @@ pub const KINDS: &[(&str, bool)] = &[
     ("sendto-http", true),
     ("tls-other", false),
     ("tls-http", true),
+    ("spawn", false),
 ];
 
 /// The TLS kinds' loop, a Python program: Python's `ssl` is the OpenSSL the agent probes.
@@ -51,7 +52,9 @@ fn loop_ns(ctx: &Ctx, kind: &str, captured: bool) -> Result<f64> {
         cmd
     };
     cmd.args(["--kind", kind, "--count"]);
-    if captured {
+    if kind == "spawn" {
+        cmd.arg(ctx.plan.spawn_loop_count.to_string());
+    } else if captured {
         cmd.arg(ctx.plan.capture_loop_count.to_string())
             .args(["--burst", &CAPTURE_BURST.to_string()])
             .args(["--pause-ms", &CAPTURE_PAUSE_MS.to_string()]);
@@ -89,7 +92,9 @@ fn on_round(ctx: &Ctx, round: usize) -> Result<OnRound> {
         let _stats = BpfStatsGuard::enable()?;
         for &(kind, captured) in KINDS {
             let before = bpf_prog_stats()?;
-            let count = if captured {
+            let count = if kind == "spawn" {
+                ctx.plan.spawn_loop_count
+            } else if captured {
                 ctx.plan.capture_loop_count
             } else {
                 ctx.plan.syscall_loop_count

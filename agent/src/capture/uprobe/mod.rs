@@ -22,7 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::{programs::RawTracePoint, Ebpf};
+use aya::Ebpf;
 
 pub use self::file_probe::{chain, TlsError};
 use self::{
@@ -30,7 +30,6 @@ use self::{
     openssl::{is_libssl, libssl_paths, Considered, OpenSslProbes, LIB_DIRS},
 };
 
-const EXEC_PROGRAM: &str = "tracegap_exec";
 /// How often running processes are rescanned for newly mapped TLS libraries.
 pub const RESCAN_EVERY: Duration = Duration::from_secs(2);
 /// Files remembered as checked; past it the set is cleared (files are then re-checked once).
@@ -48,18 +47,8 @@ pub struct TlsProbes {
     disabled: bool,
 }
 
-/// Attaches the exec tracepoint and prepares the OpenSSL and Go uprobes.
+/// Prepares the OpenSSL and Go uprobes.
 pub fn load(ebpf: &mut Ebpf, object: &[u8]) -> Result<TlsProbes, TlsError> {
-    let name = EXEC_PROGRAM;
-    let exec: &mut RawTracePoint = ebpf
-        .program_mut(name)
-        .ok_or(TlsError::MissingProgram(name))?
-        .try_into()
-        .map_err(|source| TlsError::Program { name, source })?;
-    exec.load()
-        .map_err(|source| TlsError::Program { name, source })?;
-    exec.attach("sched_process_exec")
-        .map_err(|source| TlsError::Program { name, source })?;
     Ok(TlsProbes {
         openssl: OpenSslProbes::load(ebpf, object)?,
         go: gotls::load(ebpf, object)?,
