@@ -1,8 +1,9 @@
-//! Command line.
+//! Command line: `tracegap [OPTIONS]` watches the host (live table or JSON lines);
+//! `tracegap check [OPTIONS] -- COMMAND` is the CI mode.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Output {
@@ -14,12 +15,108 @@ pub enum Output {
 
 /// tracegap: finds where distributed traces break, from the host, without touching applications.
 #[derive(Debug, Parser)]
-#[command(name = "tracegap", version)]
+#[command(name = "tracegap", version, args_conflicts_with_subcommands = true)]
 pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub watch: WatchArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// CI mode: run COMMAND (a test suite, a script), follow its process tree, and fail when
+    /// it breaks traces. Exit status: COMMAND's own when it failed, else 1 when a finding at or
+    /// above --fail-on (or a coverage below --require-coverage) concerns the tree, else 0.
+    Check(CheckArgs),
+}
+
+/// Watching the whole host until SIGINT/SIGTERM (the default).
+#[derive(Debug, clap::Args)]
+pub struct WatchArgs {
     /// Output format (default: table on a terminal, json otherwise).
     #[arg(long, value_enum)]
     pub output: Option<Output>,
 
+    /// How long to wait for the span behind an outbound traceparent before calling it unexported.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub span_grace: Duration,
+
+    /// Shortest interval between two OTLP exports of the same finding (a finding is exported
+    /// when raised, then re-sent with its new count at most this often).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub report_interval: Duration,
+
+    /// OTLP endpoint for findings and metrics (overrides OTEL_EXPORTER_OTLP_ENDPOINT).
+    #[arg(long)]
+    pub otlp_endpoint: Option<String>,
+
+    /// Replace identifiers in URL paths (numbers, UUIDs, long hex) with `{id}` in the OTLP
+    /// export of findings. The local JSON and table output always keep raw paths.
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    pub path_template: Switch,
+
+    /// Stop after this long (for scripts and benchmarks).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+
+    #[command(flatten)]
+    pub agent: AgentArgs,
+}
+
+/// `tracegap check [OPTIONS] -- COMMAND [ARGS...]`.
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// Judge every process on the host, not only COMMAND and its descendants.
+    #[arg(long)]
+    pub all: bool,
+
+    /// How long to wait, after COMMAND exits, for the span behind an outbound traceparent
+    /// before calling it unexported (shorter than `tracegap`'s 30 s: test suites flush their
+    /// exporters at exit).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub span_grace: Duration,
+
+    /// The least severity that fails the check.
+    #[arg(long, value_enum, default_value_t = FailOn::Error)]
+    pub fail_on: FailOn,
+
+    /// Fail when a service's propagation coverage (requests carrying W3C context, in percent)
+    /// is below this.
+    #[arg(long, value_parser = parse_percent)]
+    pub require_coverage: Option<f64>,
+
+    /// Write a JUnit XML report here (one test case per service and per finding).
+    #[arg(long)]
+    pub junit: Option<PathBuf>,
+
+    /// Write a Markdown summary here (e.g. $GITHUB_STEP_SUMMARY).
+    #[arg(long)]
+    pub markdown: Option<PathBuf>,
+
+    /// Write the summary, every finding and the counters as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub agent: AgentArgs,
+
+    /// The command to run and follow, after `--`.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+/// The least severity that fails a check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FailOn {
+    Error,
+    Warning,
+    Info,
+}
+
+/// What every mode attaches and listens with.
+#[derive(Debug, clap::Args)]
+pub struct AgentArgs {
     /// Request bytes captured per syscall (at most 4096).
     #[arg(long, default_value_t = agent_common::CAPTURE_CAP_DEFAULT,
           value_parser = clap::value_parser!(u32).range(16..=agent_common::CAPTURE_CAP_MAX as i64))]
@@ -40,24 +137,6 @@ pub struct Args {
     /// Forward every OTLP export request unchanged to this collector (e.g. http://collector:4318).
     #[arg(long)]
     pub forward_to: Option<String>,
-
-    /// How long to wait for the span behind an outbound traceparent before calling it unexported.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    pub span_grace: Duration,
-
-    /// Shortest interval between two OTLP exports of the same finding (a finding is exported
-    /// when raised, then re-sent with its new count at most this often).
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
-    pub report_interval: Duration,
-
-    /// OTLP endpoint for findings and metrics (overrides OTEL_EXPORTER_OTLP_ENDPOINT).
-    #[arg(long)]
-    pub otlp_endpoint: Option<String>,
-
-    /// Replace identifiers in URL paths (numbers, UUIDs, long hex) with `{id}` in the OTLP
-    /// export of findings. The local JSON and table output always keep raw paths.
-    #[arg(long, value_enum, default_value_t = Switch::On)]
-    pub path_template: Switch,
 
     /// Largest OTLP message the receivers accept, in bytes (after decompression too); larger
     /// ones are answered 413 / RESOURCE_EXHAUSTED and counted.
@@ -82,10 +161,6 @@ pub struct Args {
     /// uprobes at all; HTTPS requests are then not seen).
     #[arg(long, value_enum, default_value_t = Switch::On)]
     pub tls: Switch,
-
-    /// Stop after this long (for scripts and benchmarks).
-    #[arg(long, value_parser = humantime::parse_duration)]
-    pub duration: Option<Duration>,
 }
 
 /// `on` or `off`.
@@ -108,6 +183,19 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
         return Err("must be a whole number of seconds, at least 1s".into());
     }
     Ok(d)
+}
+
+/// A percentage from 0 to 100.
+fn parse_percent(s: &str) -> Result<f64, String> {
+    let p: f64 = s
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|e| format!("{e}: expected a percentage"))?;
+    if (0.0..=100.0).contains(&p) {
+        Ok(p)
+    } else {
+        Err("must be between 0 and 100".into())
+    }
 }
 
 /// A listen address or `off`.
@@ -133,19 +221,53 @@ fn parse_ring_bytes(s: &str) -> Result<u32, String> {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser as _;
+    use clap::{CommandFactory as _, Parser as _};
 
-    use super::Args;
+    use super::{Args, Command};
     use crate::model::otlp;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Args::command().debug_assert();
+    }
 
     /// The receivers listen where SDKs export by default, on loopback only.
     #[test]
     fn receiver_defaults_are_the_otlp_ports_on_loopback() {
         let args = Args::parse_from(["tracegap"]);
-        let grpc = args.otlp_grpc_listen.expect("gRPC receiver on by default");
-        let http = args.otlp_http_listen.expect("HTTP receiver on by default");
+        let agent = &args.watch.agent;
+        let grpc = agent.otlp_grpc_listen.expect("gRPC receiver on by default");
+        let http = agent.otlp_http_listen.expect("HTTP receiver on by default");
         assert_eq!(grpc.port(), otlp::GRPC_PORT);
         assert_eq!(http.port(), otlp::HTTP_PORT);
         assert!(grpc.ip().is_loopback() && http.ip().is_loopback());
+    }
+
+    #[test]
+    fn check_takes_its_command_after_two_dashes() {
+        let args = Args::parse_from([
+            "tracegap",
+            "check",
+            "--fail-on",
+            "warning",
+            "--require-coverage",
+            "90",
+            "--",
+            "./suite.sh",
+            "--verbose",
+        ]);
+        let Some(Command::Check(check)) = args.command else {
+            panic!("check");
+        };
+        assert_eq!(check.command, ["./suite.sh", "--verbose"]);
+        assert_eq!(check.require_coverage, Some(90.0));
+        assert!(
+            Args::try_parse_from(["tracegap", "check"]).is_err(),
+            "COMMAND is required"
+        );
+        assert!(
+            Args::try_parse_from(["tracegap", "--output", "json", "check", "--", "x"]).is_err(),
+            "watch options do not mix with check"
+        );
     }
 }

@@ -154,6 +154,7 @@ impl FindingKey {
     }
 }
 
+/// One finding: its identity, the process it is about, how often and when, and its evidence.
 #[derive(Clone, Debug)]
 pub struct Finding {
     pub key: FindingKey,
@@ -163,6 +164,39 @@ pub struct Finding {
     pub last_seen: SystemTime,
     /// Trace-context headers and rule facts only; never other header values.
     pub evidence: BTreeMap<String, String>,
+}
+
+impl Finding {
+    /// "checkout (pid 4242) sent 37 GET /api/cart requests to 10.0.0.7:8080 without
+    /// traceparent": the finding in one sentence (OTLP log body, CI reports).
+    pub fn sentence(&self) -> String {
+        let who = self
+            .subject
+            .service_name
+            .as_deref()
+            .unwrap_or(self.subject.comm.as_str());
+        let (verb, prep) = match self.key.direction {
+            Direction::Outbound => ("sent", "to"),
+            Direction::Inbound => ("received", "from"),
+        };
+        let peer = self
+            .key
+            .peer
+            .map_or_else(|| "an unknown peer".to_owned(), |p| p.to_string());
+        let noun = if self.count == 1 {
+            "request"
+        } else {
+            "requests"
+        };
+        format!(
+            "{who} (pid {pid}) {verb} {count} {method} {path} {noun} {prep} {peer} {what}",
+            pid = self.key.pid,
+            count = self.count,
+            method = self.key.method,
+            path = self.key.path,
+            what = self.key.kind.describe(),
+        )
+    }
 }
 
 /// Bound on distinct findings kept; past it the least recently seen one is evicted (counted).

@@ -9,6 +9,7 @@
 
 pub mod attribute;
 pub mod capture;
+pub mod check;
 pub mod cli;
 pub mod correlate;
 pub mod findings;
@@ -18,6 +19,7 @@ pub mod parse;
 pub mod pipeline;
 pub mod report;
 mod run;
+pub mod session;
 pub mod snapshot;
 
 pub use run::{run, shutdown_signal};

@@ -114,6 +114,21 @@ impl Pipeline {
         );
     }
 
+    /// Follows `root` and its descendants (see [`Attributor::follow_tree`]).
+    pub fn follow_tree(&mut self, root: u32) {
+        self.attributor.follow_tree(root);
+    }
+
+    /// The processes followed since [`Pipeline::follow_tree`].
+    pub fn tree(&self) -> Option<&std::collections::HashSet<u32>> {
+        self.attributor.tree()
+    }
+
+    /// Every finding held.
+    pub fn findings(&self) -> impl Iterator<Item = &crate::findings::Finding> {
+        self.findings.all()
+    }
+
     /// One export request's spans from one process.
     pub fn handle_export(&mut self, batch: &ExportBatch) {
         if let (Some(pid), Some(name)) = (batch.pid, &batch.service_name) {
@@ -135,7 +150,8 @@ impl Pipeline {
         let alive = |pid: u32| Path::new(&format!("/proc/{pid}")).exists();
         self.correlator.sweep(alive, &mut self.raised);
         self.record_raised();
-        self.attributor.sweep(alive);
+        let stats = self.correlator.stats();
+        self.attributor.sweep(alive, |pid| stats.contains_key(&pid));
         self.parser.retain(alive);
     }
 
@@ -169,8 +185,12 @@ impl Pipeline {
             .iter()
             .map(|(&pid, stats)| ProcessRow {
                 pid,
-                comm: self.attributor.cached(pid).map(|i| i.comm.clone()),
-                service_name: self.attributor.service_name(pid),
+                comm: self.attributor.label(pid).map(|l| l.comm.clone()),
+                service_name: self
+                    .attributor
+                    .label(pid)
+                    .and_then(|l| l.service_name.clone())
+                    .or_else(|| self.attributor.service_name(pid)),
                 stats: stats.clone(),
                 findings: Vec::new(),
             })

@@ -6,16 +6,29 @@ use clap::Parser as _;
 
 #[test]
 fn receivers_bind_loopback_and_exports_template_paths_by_default() {
-    let args = Args::parse_from(["tracegap"]);
-    for addr in [args.otlp_grpc_listen, args.otlp_http_listen] {
+    let args = Args::parse_from(["tracegap"]).watch;
+    let agent = &args.agent;
+    for addr in [agent.otlp_grpc_listen, agent.otlp_http_listen] {
         let addr = addr.expect("a receiver is on by default");
         assert!(addr.ip().is_loopback(), "{addr} is not loopback");
     }
     assert_eq!(args.path_template, Switch::On);
-    assert_eq!(args.otlp_max_message_bytes, 16 * 1024 * 1024);
-    assert_eq!(args.otlp_max_connections, 256);
-    assert_eq!(args.otlp_header_timeout.as_secs(), 10);
-    assert_eq!(args.otlp_body_timeout.as_secs(), 30);
+    assert_eq!(agent.otlp_max_message_bytes, 16 * 1024 * 1024);
+    assert_eq!(agent.otlp_max_connections, 256);
+    assert_eq!(agent.otlp_header_timeout.as_secs(), 10);
+    assert_eq!(agent.otlp_body_timeout.as_secs(), 30);
+}
+
+#[test]
+fn check_mode_receivers_bind_loopback_too() {
+    let Some(agent::cli::Command::Check(check)) =
+        Args::parse_from(["tracegap", "check", "--", "true"]).command
+    else {
+        panic!("a check");
+    };
+    for addr in [check.agent.otlp_grpc_listen, check.agent.otlp_http_listen] {
+        assert!(addr.expect("on by default").ip().is_loopback());
+    }
 }
 
 #[test]
@@ -30,5 +43,5 @@ fn receiver_limits_are_validated() {
         assert!(Args::try_parse_from(bad).is_err(), "{bad:?} was accepted");
     }
     let args = Args::parse_from(["tracegap", "--path-template", "off"]);
-    assert_eq!(args.path_template, Switch::Off);
+    assert_eq!(args.watch.path_template, Switch::Off);
 }

@@ -317,7 +317,7 @@ fn process_cache_is_bounded_and_forgets_exited_processes() {
         assert!(cache.len() <= MAX_PROCESSES);
     }
     assert_eq!(cache.len(), MAX_PROCESSES);
-    cache.sweep();
+    cache.sweep(|_| false);
     assert_eq!(
         cache.len(),
         0,

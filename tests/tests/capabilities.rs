@@ -5,7 +5,7 @@
 use std::{process::Command, time::Duration};
 
 use tracegap_tests::{
-    agent_command, findings_of, kinds_of, run_client, Agent, HttpServer, RECEIVERS_OFF,
+    agent_command, findings_of, kinds_of, run_client, Agent, ChildGuard, HttpServer, RECEIVERS_OFF,
 };
 
 /// `capabilities.add` of the agent container in the DaemonSet.
@@ -107,23 +107,54 @@ fn without_perfmon_the_agent_fails_clearly() {
     );
 }
 
+/// SYS_PTRACE and DAC_READ_SEARCH are what /proc needs to show other users' environments.
+/// The agent needs /proc only for processes that started before it: the kernel's exec record
+/// tells it who every later process is.
 #[test]
-fn without_ptrace_other_users_are_not_judged() {
+fn without_ptrace_only_other_users_processes_older_than_the_agent_are_unknown() {
     let caps: Vec<String> = daemonset_capabilities()
         .into_iter()
         .filter(|c| c != "sys_ptrace" && c != "dac_read_search")
         .collect();
     let server = HttpServer::start(Duration::from_millis(300));
+    // Started before the agent (no exec record), its request made after the agent attached.
+    let mut older = ChildGuard::spawn(
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .args([
+                "/usr/bin/python3",
+                "-c",
+                "import sys, time, urllib.request; time.sleep(3); \
+                 urllib.request.urlopen(sys.argv[1]).read()",
+                &server.url("/caps-older"),
+            ])
+            .env("OTEL_SERVICE_NAME", "caps-older"),
+    );
     let wrapper = setpriv(&caps);
     let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
     let agent = Agent::start_wrapped(&wrapper, &RECEIVERS_OFF);
-    let client = run_client(&mut curl_as_nobody(&server.url("/caps")));
+    let newer = run_client(&mut curl_as_nobody(&server.url("/caps")));
+    older.wait_success(Duration::from_secs(20));
+    let older = older.pid();
+    agent.wait_for(
+        "the newer client's verdict",
+        Duration::from_secs(10),
+        |lines| !kinds_of(lines, newer).is_empty(),
+    );
     let lines = agent.stop();
-    // Its environment is unreadable: instrumented or not is unknown, so no verdict.
-    assert_eq!(kinds_of(&lines, client), Vec::<String>::new(), "{lines:?}");
+    // The older one's environment is unreadable: instrumented or not is unknown, no verdict.
+    assert_eq!(kinds_of(&lines, older), Vec::<String>::new(), "{lines:?}");
     let counters = tracegap_tests::last_counters(&lines);
     assert!(
         counters["agent"]["process_unknown"].as_u64() >= Some(1),
         "{counters}"
     );
+    // The newer one was told by its exec record.
+    let found = findings_of(&lines, newer);
+    assert_eq!(
+        kinds_of(&lines, newer),
+        ["missing_traceparent"],
+        "{lines:?}"
+    );
+    assert_eq!(found[0]["service_name"], "caps-check", "{}", found[0]);
 }

@@ -33,6 +33,10 @@ enum Command {
     /// Set up what the agent needs, build it, and run it as root. Arguments after `--` go to
     /// the agent; its exit status is this command's.
     Run(run::Options),
+    /// CI mode: set up what the agent needs, build it, and run `tracegap check` as root, e.g.
+    /// `cargo xtask check -- --junit report.xml -- ./integration-tests.sh`. Its exit status is
+    /// this command's.
+    Check(run::Options),
     /// Set up if needed, build, and run all tests, including the root end-to-end tests.
     Test(test::Options),
     /// Measure what the agent costs (nginx/wrk load, syscall loops, capacity, churn) against an
@@ -46,7 +50,8 @@ fn main() -> ExitCode {
     let outcome = match Cli::parse().command {
         Command::Setup { scope } => setup::run(scope, setup::Mode::Verbose).map(|()| 0),
         Command::Build(opts) => build::run(&opts).map(|_| 0),
-        Command::Run(opts) => run::run(opts),
+        Command::Run(opts) => run::run(opts, &[]),
+        Command::Check(opts) => run::run(opts, &["check"]),
         Command::Test(opts) => test::run(&opts).map(|()| 0),
         Command::Bench(opts) => bench::run(&opts).map(|()| 0),
         Command::Fuzz(opts) => fuzz::run(&opts).map(|()| 0),

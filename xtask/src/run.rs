@@ -24,8 +24,9 @@ pub struct Options {
     agent_args: Vec<String>,
 }
 
-/// Sets up, builds and runs the agent; returns the exit code to leave with (the agent's).
-pub fn run(opts: Options) -> Result<i32> {
+/// Sets up, builds and runs the agent with `subcommand` and the arguments after `--`; returns
+/// the exit code to leave with (the agent's).
+pub fn run(opts: Options, subcommand: &[&str]) -> Result<i32> {
     setup::run(setup::Scope::Run, setup::Mode::Quiet)?;
     let agent = build::run(&opts.build)?;
     let mut cmd = if is_root() {
@@ -40,7 +41,7 @@ pub fn run(opts: Options) -> Result<i32> {
             "the agent loads eBPF programs and needs root, and sudo is not installed: run as root"
         );
     };
-    cmd.args(&opts.agent_args);
+    cmd.args(subcommand).args(&opts.agent_args);
     // Before the spawn, so that no signal is missed; a handler (unlike SIG_IGN) is reset to the
     // default in the child at exec, so the agent still gets the signals it installs its own
     // handlers for.

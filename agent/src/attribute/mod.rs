@@ -9,7 +9,10 @@ pub mod k8s;
 pub mod peer;
 pub mod process;
 
-use std::{collections::HashMap, net::SocketAddr};
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+};
 
 use self::{
     k8s::PodIndex,
@@ -27,6 +30,14 @@ pub struct Subject {
     pub container_id: Option<String>,
     /// `k8s.*` resource attributes of the process's pod, when running in a cluster.
     pub k8s: Vec<(&'static str, String)>,
+}
+
+/// How a process is named in the table, coverage lines and check summaries: kept as long as
+/// its request counts are, after the process itself is forgotten.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Label {
+    pub comm: String,
+    pub service_name: Option<String>,
 }
 
 /// Counts of what this stage learned and could not learn.
@@ -50,6 +61,10 @@ pub struct Attributor {
     exported_service: HashMap<u32, String>,
     /// Pods of this node, when running in a Kubernetes cluster.
     pods: Option<PodIndex>,
+    /// A process and its descendants, followed through fork records (`tracegap check`).
+    tree: Option<HashSet<u32>>,
+    /// Names of processes that made requests.
+    labels: HashMap<u32, Label>,
 }
 
 impl Attributor {
@@ -59,6 +74,8 @@ impl Attributor {
             peers: PeerCache::default(),
             exported_service: HashMap::new(),
             pods,
+            tree: None,
+            labels: HashMap::new(),
         }
     }
 
@@ -79,14 +96,58 @@ impl Attributor {
             ProcessChange::Exec(None) => self.processes.forget(event.pid),
             ProcessChange::Fork { parent } => {
                 self.processes.fork(*parent, event.pid, &event.comm);
+                if let Some(tree) = &mut self.tree {
+                    // A pid reused by a process outside the tree leaves it.
+                    if tree.contains(parent) {
+                        tree.insert(event.pid);
+                    } else {
+                        tree.remove(&event.pid);
+                    }
+                }
             }
             ProcessChange::Exit => self.processes.exit(event.pid),
         }
     }
 
+    /// Follows `root` and every process it forks from now on, and theirs.
+    pub fn follow_tree(&mut self, root: u32) {
+        self.tree.get_or_insert_with(HashSet::new).insert(root);
+    }
+
+    /// The processes followed: the root and its descendants (exited ones included).
+    pub fn tree(&self) -> Option<&HashSet<u32>> {
+        self.tree.as_ref()
+    }
+
     /// The process that made the syscall of `event`.
     pub fn process(&mut self, event: &CapturedEvent) -> ProcessInfo {
-        self.processes.get(event.pid, &event.comm).clone()
+        let info = self.processes.get(event.pid, &event.comm).clone();
+        let service_name = info
+            .service_name
+            .clone()
+            .or_else(|| self.exported_service.get(&event.pid).cloned());
+        match self.labels.get_mut(&event.pid) {
+            Some(l) if l.comm == info.comm && l.service_name == service_name => {}
+            Some(l) => {
+                l.comm.clone_from(&info.comm);
+                l.service_name = service_name;
+            }
+            None => {
+                self.labels.insert(
+                    event.pid,
+                    Label {
+                        comm: info.comm.clone(),
+                        service_name,
+                    },
+                );
+            }
+        }
+        info
+    }
+
+    /// How `pid` is named, if it made requests.
+    pub fn label(&self, pid: u32) -> Option<&Label> {
+        self.labels.get(&pid)
     }
 
     /// A process known by pid alone (a span export, a verdict due later).
@@ -111,6 +172,11 @@ impl Attributor {
 
     /// `pid` exported spans with this `service.name` in its resource.
     pub fn learn_exported_service(&mut self, pid: u32, name: String) {
+        if let Some(label) = self.labels.get_mut(&pid) {
+            if label.service_name.is_none() {
+                label.service_name = Some(name.clone());
+            }
+        }
         self.exported_service.insert(pid, name);
     }
 
@@ -141,10 +207,16 @@ impl Attributor {
         }
     }
 
-    /// Forgets processes that exited.
-    pub fn sweep(&mut self, alive: impl Fn(u32) -> bool) {
-        self.processes.sweep();
-        self.exported_service.retain(|pid, _| alive(*pid));
+    /// Forgets processes that exited, but those of the tree followed; labels go with the
+    /// request counts they name (`has_counts`).
+    pub fn sweep(&mut self, alive: impl Fn(u32) -> bool, has_counts: impl Fn(u32) -> bool) {
+        let tree = self.tree.as_ref();
+        let in_tree = |pid: u32| tree.is_some_and(|t| t.contains(&pid));
+        self.processes.sweep(in_tree);
+        self.exported_service
+            .retain(|pid, _| alive(*pid) || in_tree(*pid));
+        self.labels
+            .retain(|pid, _| has_counts(*pid) || in_tree(*pid));
     }
 
     pub fn counters(&self) -> AttributeCounters {

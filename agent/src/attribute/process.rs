@@ -217,15 +217,19 @@ impl ProcessCache {
         self.entries.get(&pid).map(|e| &e.info)
     }
 
-    /// Forgets processes that exited a while ago, and /proc entries of processes that are gone.
-    pub fn sweep(&mut self) {
-        self.entries.retain(|pid, e| match e.exited_at {
-            Some(at) => at.elapsed() < EXITED_RETENTION,
-            // No exit record (lost, or never alive for us): gone from /proc means gone.
-            None => {
-                !(e.info.exited || matches!(e.source, Source::Proc { .. }))
-                    || Path::new(&format!("/proc/{pid}")).exists()
-            }
+    /// Forgets processes that exited a while ago, and /proc entries of processes that are gone,
+    /// but those `keep` says.
+    pub fn sweep(&mut self, keep: impl Fn(u32) -> bool) {
+        self.entries.retain(|pid, e| {
+            keep(*pid)
+                || match e.exited_at {
+                    Some(at) => at.elapsed() < EXITED_RETENTION,
+                    // No exit record (lost, or never alive for us): gone from /proc means gone.
+                    None => {
+                        !(e.info.exited || matches!(e.source, Source::Proc { .. }))
+                            || Path::new(&format!("/proc/{pid}")).exists()
+                    }
+                }
         });
         let entries = &self.entries;
         self.order

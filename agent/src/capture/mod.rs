@@ -118,14 +118,6 @@ impl Capture {
             .map_max_entries(MAP_EVENTS, ring_bytes)
             .load(BPF_OBJECT)
             .map_err(CaptureError::Load)?;
-        // The object logs only on rare paths; without a log map there is nothing to poll.
-        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
-            Ok(logger) => Some(logger),
-            Err(e) => {
-                log::debug!("no eBPF logs: {e}");
-                None
-            }
-        };
         let mut attached = 0;
         for &(name, tracepoint) in PROGRAMS {
             let program: &mut RawTracePoint = ebpf
@@ -164,6 +156,16 @@ impl Capture {
         } else {
             log::info!("TLS capture off (--tls off): no uprobes");
             TlsProbes::disabled()
+        };
+        // After every program is loaded: the logger takes the log map out of `ebpf`, and the
+        // `uprobe_multi` loader (uprobe/multi.rs) relocates against the maps still in it.
+        // The object logs only on rare paths.
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(logger) => Some(logger),
+            Err(e) => {
+                log::debug!("no eBPF logs: {e}");
+                None
+            }
         };
         let events = RingBuf::try_from(
             ebpf.take_map(MAP_EVENTS)

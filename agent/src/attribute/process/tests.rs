@@ -95,14 +95,14 @@ fn exited_processes_stay_known_for_verdicts_then_go() {
     let mut cache = ProcessCache::default();
     cache.exec(GONE, &exec_facts(b"A=b\0", true));
     cache.exit(GONE);
-    cache.sweep();
+    cache.sweep(|_| false);
     assert!(
         cache.cached(GONE).is_some(),
         "kept for verdicts still to come"
     );
     // A /proc lookup of a process that was never seen alive is gone at the sweep.
     let _info = cache.get(GONE + 9, "x");
-    cache.sweep();
+    cache.sweep(|_| false);
     assert!(cache.cached(GONE + 9).is_none());
 }
 

@@ -45,13 +45,20 @@ impl Mapped {
         if len == 0 {
             return Err(std::io::Error::other("empty file"));
         }
-        // SAFETY: a private read-only mapping of an open file; the result is checked.
+        // Shared, not private: the kernel copies the breakpoint (INT3) of every uprobe
+        // registered on the file into each private mapping that may execute (VM_MAYEXEC, which
+        // a PROT_READ MAP_PRIVATE mapping has; kernel/events/uprobes.c `valid_vma`), so a
+        // private mapping of a file already probed by another agent, bpftrace or a profiler
+        // reads 0xCC at the probe sites: Go's stack check is then "missing" and the file is not
+        // probed, and RETs decoded past a breakpoint would be misplaced. A shared read-only
+        // mapping (VM_MAYSHARE) reads the file.
+        // SAFETY: a shared read-only mapping of a file opened read-only; the result is checked.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ,
-                libc::MAP_PRIVATE,
+                libc::MAP_SHARED,
                 file.as_raw_fd(),
                 0,
             )

@@ -44,30 +44,9 @@ pub fn with_templated_path(f: &Finding) -> Finding {
     f
 }
 
-/// "checkout (pid 4242) sent 37 GET /api/cart requests to 10.0.0.7:8080 without traceparent".
+/// The one-sentence body of a finding's LogRecord (see [`Finding::sentence`]).
 pub fn body(f: &Finding) -> String {
-    let who = f
-        .subject
-        .service_name
-        .as_deref()
-        .unwrap_or(f.subject.comm.as_str());
-    let (verb, prep) = match f.key.direction {
-        Direction::Outbound => ("sent", "to"),
-        Direction::Inbound => ("received", "from"),
-    };
-    let peer = f
-        .key
-        .peer
-        .map_or_else(|| "an unknown peer".to_owned(), |p| p.to_string());
-    let noun = if f.count == 1 { "request" } else { "requests" };
-    format!(
-        "{who} (pid {pid}) {verb} {count} {method} {path} {noun} {prep} {peer} {what}",
-        pid = f.key.pid,
-        count = f.count,
-        method = f.key.method,
-        path = f.key.path,
-        what = f.key.kind.describe(),
-    )
+    f.sentence()
 }
 
 /// The attributes of a finding's LogRecord; `extra` (e.g. `k8s.*`) is appended as given.
