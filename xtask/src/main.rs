@@ -1,9 +1,10 @@
-//! Developer tasks: `cargo xtask setup|build|run|test|bench|fuzz`.
+//! Developer tasks: `cargo xtask setup|build|run|go-build|test|demo|bench|fuzz`.
 
 mod bench;
 mod build;
 mod exec;
 mod fuzz;
+mod go;
 mod run;
 mod setup;
 mod test;
@@ -33,6 +34,8 @@ enum Command {
     /// Set up what the agent needs, build it, and run it as root. Arguments after `--` go to
     /// the agent; its exit status is this command's.
     Run(run::Options),
+    /// Build the Go programs of the tests and the demo (tests/go) into target/go/.
+    GoBuild,
     /// Set up if needed, build, and run all tests, including the root end-to-end tests.
     Test(test::Options),
     /// Measure what the agent costs (nginx/wrk load, syscall loops, capacity, churn) against an
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
         Command::Setup { scope } => setup::run(scope, setup::Mode::Verbose).map(|()| 0),
         Command::Build(opts) => build::run(&opts).map(|_| 0),
         Command::Run(opts) => run::run(opts),
+        Command::GoBuild => go::build().map(|_| 0),
         Command::Test(opts) => test::run(&opts).map(|()| 0),
         Command::Bench(opts) => bench::run(&opts).map(|()| 0),
         Command::Fuzz(opts) => fuzz::run(&opts).map(|()| 0),
