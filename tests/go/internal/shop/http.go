@@ -153,7 +153,7 @@ func NewClients(t *Telemetry, faults *Faults, caFile string) (*Clients, error) {
 	}, nil
 }
 
-// Do sends one request the way this process is set up to: the first per-request fault that hits
+// Do sends one request the way this process is set up to: the first per-request fault that hit
 // decides how (no otelhttp transport, no propagator, B3 only, a client span never ended), else
 // through otelhttp with the global propagator. The response body is read and closed.
 func (c *Clients) Do(ctx context.Context, method, url string) error {
@@ -162,15 +162,21 @@ func (c *Clients) Do(ctx context.Context, method, url string) error {
 		return err
 	}
 	site := method + " " + req.URL.Host + req.URL.Path
+	// Every fault counts every request of the site (each hits its own share), then the first
+	// that hit decides.
+	noTransport := c.faults.Hit(NoTransport, site)
+	noPropagator := c.faults.Hit(NoPropagator, site)
+	b3Only := c.faults.Hit(B3Only, site)
+	unended := c.faults.Hit(UnendedSpan, site)
 	var client *http.Client
 	switch {
-	case c.faults.Hit(NoTransport, site):
+	case noTransport:
 		client = c.bare
-	case c.faults.Hit(NoPropagator, site):
+	case noPropagator:
 		client = c.none
-	case c.faults.Hit(B3Only, site):
+	case b3Only:
 		client = c.b3
-	case c.faults.Hit(UnendedSpan, site):
+	case unended:
 		// A hand-made client span, injected, and never ended: its id goes on the wire and
 		// the span is never exported.
 		spanCtx, _ := c.telemetry.Tracer.Start(ctx, method+" "+req.URL.Path,

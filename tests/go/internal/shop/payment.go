@@ -111,13 +111,17 @@ func (p *PaymentClient) conn(kind string) (*grpc.ClientConn, error) {
 
 // Charge calls /shop.Payment/Charge the way the per-request faults say.
 func (p *PaymentClient) Charge(ctx context.Context, item string) error {
+	// As in Clients.Do: every fault counts every call, the first that hit decides.
+	noHandler := p.faults.Hit(NoGRPCHandler, PaymentMethod)
+	noPropagator := p.faults.Hit(NoPropagator, PaymentMethod)
+	b3Only := p.faults.Hit(B3Only, PaymentMethod)
 	kind := "w3c"
 	switch {
-	case p.faults.Hit(NoGRPCHandler, PaymentMethod):
+	case noHandler:
 		kind = NoGRPCHandler
-	case p.faults.Hit(NoPropagator, PaymentMethod):
+	case noPropagator:
 		kind = NoPropagator
-	case p.faults.Hit(B3Only, PaymentMethod):
+	case b3Only:
 		kind = B3Only
 	}
 	c, err := p.conn(kind)
