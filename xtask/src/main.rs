@@ -2,6 +2,7 @@
 
 mod bench;
 mod build;
+mod demo;
 mod exec;
 mod fuzz;
 mod go;
@@ -38,6 +39,10 @@ enum Command {
     GoBuild,
     /// Set up if needed, build, and run all tests, including the root end-to-end tests.
     Test(test::Options),
+    /// Jaeger (UI on 127.0.0.1:16686), the Go shop and the agent: a fixed load with the seed's
+    /// faults, then fixed; tracegap's coverage beside Jaeger's complete share per service.
+    /// Writes target/demo/results.json. Needs root.
+    Demo(demo::Options),
     /// Measure what the agent costs (nginx/wrk load, syscall loops, capacity, churn) against an
     /// interleaved baseline; writes target/bench/results.{json,md}. Needs root.
     Bench(bench::Options),
@@ -52,6 +57,7 @@ fn main() -> ExitCode {
         Command::Run(opts) => run::run(opts),
         Command::GoBuild => go::build().map(|_| 0),
         Command::Test(opts) => test::run(&opts).map(|()| 0),
+        Command::Demo(opts) => demo::run(&opts).map(|()| 0),
         Command::Bench(opts) => bench::run(&opts).map(|()| 0),
         Command::Fuzz(opts) => fuzz::run(&opts).map(|()| 0),
     };
