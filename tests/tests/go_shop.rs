@@ -794,9 +794,9 @@ fn go_shop_https_between_checkout_and_inventory_is_judged_over_go_tls() {
         .fault("checkout", "no-transport"),
     );
     // A uprobe covers a Go executable from the moment the agent attaches it, tens of
-    // milliseconds after exec (README, TLS): a connection whose HTTP/2 preface went out before
-    // is never decoded (every request on it lost, not just the first). Long-running services
-    // take traffic later than that; make sure of it rather than race.
+    // milliseconds after exec (README, TLS), and an HTTP/2 connection whose preface went out
+    // before is not decoded. Long-running services take traffic later than that: make sure of
+    // it rather than race (and fail with the agent's log if it refused a file).
     wait_for_go_tls_probes(&agent, &["checkout", "inventory"]);
     let load = shop.load(40);
     settle();
