@@ -124,6 +124,9 @@ pub fn run(opts: &Options) -> Result<()> {
         phases.push(run_phase(phase, &bin, &out_dir, &jaeger, opts.requests)?);
     }
     let lines = agent.stop()?;
+    let jsonl = out_dir.join("agent.jsonl");
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(&jsonl, text).with_context(|| format!("writing {}", jsonl.display()))?;
 
     let mut results = Vec::new();
     for (phase, ran) in PHASES.iter().zip(&phases) {
