@@ -304,22 +304,6 @@ fn assert_full_coverage(lines: &[Value], pid: u32, requests: u64) {
     assert_eq!(c["coverage_percent"], 100.0, "{c}");
 }
 
-/// Every export request the agent received was seen on the wire, as an OTLP export or, on an
-/// OTLP/gRPC connection that lost sync, as an undecoded HTTP/2 call — and no other call was
-/// left undecoded.
-#[track_caller]
-fn assert_only_exports_undetermined(lines: &[Value]) {
-    let counters = last_counters(lines);
-    let agent = &counters["agent"];
-    let seen = agent["telemetry_exports"].as_u64().unwrap_or(0)
-        + agent["h2_undetermined"].as_u64().unwrap_or(0);
-    assert_eq!(
-        Some(seen),
-        agent["export_batches"].as_u64(),
-        "HTTP/2 calls left undecoded that are not exports: {counters}"
-    );
-}
-
 /// Jaeger v2 (tests/go/jaeger.yaml: in-memory, OTLP and query on 127.0.0.1).
 struct Jaeger {
     _child: ChildGuard,
@@ -456,7 +440,6 @@ fn go_shop_all_switches_off_no_finding_and_complete_traces_in_jaeger() {
     );
     assert_eq!(traces["unverifiable"], 0, "{counters}");
     assert_eq!(counters["agent"]["unattributed_batches"], 0, "{counters}");
-    assert_only_exports_undetermined(&lines);
 
     // Forwarded unchanged: Jaeger has every purchase as one trace, every span's parent in it.
     assert_eq!(load.sampled, n);
@@ -598,11 +581,11 @@ fn go_shop_no_otelgrpc_handler_is_missing_traceparent_for_each_of_100_calls() {
         (&json!(200), &json!(100), &json!(100)),
         "100 HTTP requests with context, 100 gRPC calls without: {c}"
     );
-    // Every Charge call decoded (count and coverage above). The only HTTP/2 calls that may go
-    // undecoded are OTLP exports: payment's export of ~100 spans is one write of several DATA
-    // frames longer than the capture cap, the frame header past the cap is unseen and that
-    // telemetry connection loses sync (measured: over OTLP/HTTP instead, none does).
-    assert_only_exports_undetermined(&lines);
+    // Every Charge call decoded: the count and the coverage above. (The host-wide `h2_lost_sync`
+    // and `h2_undetermined` counters are not asserted: payment's OTLP/gRPC export of ~100 spans
+    // is one write of several DATA frames longer than the capture cap, the frame header past
+    // the cap is unseen and that telemetry connection loses sync — measured: over OTLP/HTTP
+    // instead, none does — and other processes on the host count there too.)
     let mut others = vec![shop.pids()[0], shop.pids()[2], shop.pids()[3]];
     others.push(("loadgen", load.pid));
     assert_clean(&lines, &others);
