@@ -2,8 +2,10 @@
 //! `tlsoffsets`; tests/go/jaeger: Jaeger v2), built with the `go` on PATH into target/go/.
 //!
 //! The build and module caches live under target/go-cache/, so a second build only checks that
-//! nothing changed (Go's own build cache decides; `go build -o` leaves an up-to-date binary
-//! alone) and a `cargo clean` takes them away with everything else.
+//! nothing changed (Go's own build cache decides; `go build -o` reads an existing output's
+//! build ID and, when it matches, only touches its mtime: measured with strace) and a
+//! `cargo clean` takes them away with everything else. Measured on the 2-core VM: 656 s from
+//! nothing (1.4 GB of modules downloaded, Jaeger compiled), about 1 s when nothing changed.
 
 use std::{
     path::{Path, PathBuf},
