@@ -539,3 +539,62 @@ pub fn start_server(cmd: &mut Command) -> (ChildGuard, u16) {
         .unwrap_or_else(|| panic!("fixture server printed {line:?}, not \"listening PORT\""));
     (child, port)
 }
+
+/// A Go program built by `cargo xtask test` into target/go/ (tests/go: the shop's services,
+/// `loadgen`, `tlsoffsets`, `jaeger`).
+#[track_caller]
+pub fn go_bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("TRACEGAP_GO_BIN_DIR")
+        .map(PathBuf::from)
+        .expect(
+            "TRACEGAP_GO_BIN_DIR is not set: run the end-to-end tests through `cargo xtask test` \
+             (it builds tests/go into target/go/)",
+        );
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "Go program {} does not exist (did `cargo xtask go-build` fail?)",
+        path.display()
+    );
+    path
+}
+
+/// A loopback port that was free a moment ago (for programs that cannot bind port 0 and say
+/// which port they got).
+#[track_caller]
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// `GET path` over HTTP/1.0 to a loopback address; returns (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {head:?}")))?;
+    Ok((status, body.to_owned()))
+}
+
+/// Waits (bounded) until a TCP connection to `addr` succeeds.
+#[track_caller]
+pub fn wait_listening(addr: SocketAddr, timeout: Duration) {
+    let started = Instant::now();
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(
+            started.elapsed() < timeout,
+            "nothing listens on {addr} after {timeout:?}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -42,7 +42,9 @@ fn cargo_xtask(args: &[&str]) -> Command {
 
 #[test]
 fn every_xtask_subcommand_prints_its_help_through_cargo() {
-    for sub in ["setup", "build", "run", "check", "test", "bench", "fuzz"] {
+    for sub in [
+        "setup", "build", "run", "check", "go-build", "test", "demo", "bench", "fuzz",
+    ] {
         let out = cargo_xtask(&[sub, "--help"])
             .stdin(Stdio::null())
             .output()

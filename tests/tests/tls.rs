@@ -240,13 +240,24 @@ fn tls_node_https_get_is_seen_through_its_static_openssl() {
     assert_eq!(f["exe"], "/usr/bin/node", "{f}");
 }
 
+/// Debian 12's Go (golang-go, installed by `cargo xtask setup`), kept beside the Go on PATH so
+/// that both the oldest and the newest verified Go are built and probed.
+const GO_1_19: &str = "/usr/lib/go-1.19/bin/go";
+
 /// Builds tests/fixtures/go_tls (a net/http HTTPS client and server, standard library only)
-/// into `dir`, with these `-ldflags`. Same settings as the unit tests in agent/src/gotls.rs.
+/// into `dir` with the `go` on PATH, with these `-ldflags`. Same settings as the unit tests in
+/// agent/src/gotls.rs.
 #[track_caller]
 fn go_build(dir: &Path, name: &str, ldflags: &str) -> PathBuf {
+    go_build_with(Path::new("go"), dir, name, ldflags)
+}
+
+/// [`go_build`] with this `go` command.
+#[track_caller]
+fn go_build_with(go: &Path, dir: &Path, name: &str, ldflags: &str) -> PathBuf {
     let exe = dir.join(name);
     let source = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/go_tls/main.go");
-    let out = Command::new("go")
+    let out = Command::new(go)
         .args(["build", "-ldflags", ldflags, "-o"])
         .arg(&exe)
         .arg(source)
@@ -259,7 +270,13 @@ fn go_build(dir: &Path, name: &str, ldflags: &str) -> PathBuf {
         .env("GOFLAGS", "")
         .env("CGO_ENABLED", "0")
         .output()
-        .expect("the Go tests need `go` (golang-go, installed by `cargo xtask setup`)");
+        .unwrap_or_else(|e| {
+            panic!(
+                "the Go tests need {} (Go on PATH, and golang-go installed by `cargo xtask \
+                 setup`): {e}",
+                go.display()
+            )
+        });
     assert!(
         out.status.success(),
         "go build failed: {}\n{}",
@@ -275,12 +292,49 @@ fn go_client(exe: &Path, url: &str, traceparent: Option<&str>) -> Command {
     cmd
 }
 
+/// The Go version an executable was built with (`go version EXE`: "EXE: go1.26.8").
+#[track_caller]
+fn built_with(exe: &Path) -> String {
+    let out = Command::new("go")
+        .arg("version")
+        .arg(exe)
+        .output()
+        .expect("go version EXE");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("go version {}: {text:?}", exe.display()))
+        .to_owned()
+}
+
 #[test]
 fn tls_go_client_requests_are_judged_stripped_or_not() {
+    go_client_requests_are_judged(Path::new("go"));
+}
+
+/// The same with Debian 12's Go 1.19 (register ABI, the 1.18/1.19 pclntab format), so that the
+/// oldest and the newest Go are both verified.
+#[test]
+fn tls_go119_client_requests_are_judged_stripped_or_not() {
+    let go = Path::new(GO_1_19);
+    assert!(
+        go.is_file(),
+        "{GO_1_19} is missing: `cargo xtask setup` installs golang-go (Go 1.19)"
+    );
+    go_client_requests_are_judged(go);
+}
+
+#[track_caller]
+fn go_client_requests_are_judged(go: &Path) {
     let dir = TempDir::new();
-    let plain = go_build(&dir.0, "goplain", "");
+    let plain = go_build_with(go, &dir.0, "goplain", "");
     // No symbol table: the agent finds crypto/tls through .gopclntab.
-    let stripped = go_build(&dir.0, "gostripped", "-s -w");
+    let stripped = go_build_with(go, &dir.0, "gostripped", "-s -w");
+    let version = built_with(&plain);
+    eprintln!("Go TLS client built with {version}");
+    if go == Path::new(GO_1_19) {
+        assert!(version.starts_with("go1.19"), "{version}");
+    }
     let server = TlsServer::start();
     let agent = agent();
 

@@ -1,9 +1,11 @@
-//! Developer tasks: `cargo xtask setup|build|run|test|bench|fuzz`.
+//! Developer tasks: `cargo xtask setup|build|run|go-build|test|demo|bench|fuzz`.
 
 mod bench;
 mod build;
+mod demo;
 mod exec;
 mod fuzz;
+mod go;
 mod run;
 mod setup;
 mod test;
@@ -37,8 +39,14 @@ enum Command {
     /// `cargo xtask check -- --junit report.xml -- ./integration-tests.sh`. Its exit status is
     /// this command's.
     Check(run::Options),
+    /// Build the Go programs of the tests and the demo (tests/go) into target/go/.
+    GoBuild,
     /// Set up if needed, build, and run all tests, including the root end-to-end tests.
     Test(test::Options),
+    /// Jaeger (UI on 127.0.0.1:16686), the Go shop and the agent: a fixed load with the seed's
+    /// faults, then fixed; tracegap's coverage beside Jaeger's complete share per service.
+    /// Writes target/demo/results.json. Needs root.
+    Demo(demo::Options),
     /// Measure what the agent costs (nginx/wrk load, syscall loops, capacity, churn) against an
     /// interleaved baseline; writes target/bench/results.{json,md}. Needs root.
     Bench(bench::Options),
@@ -52,7 +60,9 @@ fn main() -> ExitCode {
         Command::Build(opts) => build::run(&opts).map(|_| 0),
         Command::Run(opts) => run::run(opts, &[]),
         Command::Check(opts) => run::run(opts, &["check"]),
+        Command::GoBuild => go::build().map(|_| 0),
         Command::Test(opts) => test::run(&opts).map(|()| 0),
+        Command::Demo(opts) => demo::run(&opts).map(|()| 0),
         Command::Bench(opts) => bench::run(&opts).map(|()| 0),
         Command::Fuzz(opts) => fuzz::run(&opts).map(|()| 0),
     };

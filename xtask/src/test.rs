@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use crate::{
     build,
     exec::{cargo, exec, is_root, workspace_root},
-    setup,
+    go, setup,
 };
 
 /// The package holding the end-to-end tests (tests/).
@@ -50,6 +50,16 @@ pub fn run(opts: &Options) -> Result<()> {
         }
     }
 
+    // The Go shop, its load generator and Jaeger (tests/tests/go_shop.rs); a failure here is
+    // reported with its reason and fails those tests, not the others.
+    let go_bin = match go::build() {
+        Ok(dir) => Some(dir),
+        Err(e) => {
+            failures.push(format!("Go build: {e:#}"));
+            None
+        }
+    };
+
     let mut e2e = cargo();
     e2e.current_dir(workspace_root())
         // Every suite runs even when one fails: CI shows all failures at once.
@@ -67,6 +77,9 @@ pub fn run(opts: &Options) -> Result<()> {
     }
     build::agent_build_env(&mut e2e);
     e2e.env("TRACEGAP_AGENT_BIN", &agent);
+    if let Some(dir) = &go_bin {
+        e2e.env(go::BIN_DIR_ENV, dir);
+    }
     if let Err(e) = exec(&mut e2e) {
         failures.push(format!("end-to-end tests: {e:#}"));
     }
