@@ -54,10 +54,20 @@ pub enum Counter {
     ExecUnreadable,
     /// Exec records whose environment block was larger than `EXEC_ENV_MAX` (cut).
     ExecEnvTruncated,
+    /// Connections found to carry OTLP trace exports (their requests then read whole).
+    ExportConnections,
+    /// Chunks of export connections lost (ring buffer full, unreadable): the export they
+    /// belong to is incomplete, and not used.
+    ExportChunksLost,
+    /// Bytes of export connections not captured: a send longer than `--span-intake-max-bytes`.
+    ExportBytesSkipped,
+    /// Outbound HTTP/2 connections to ports other than OTLP/gRPC's read whole on probation
+    /// (`EXPORT_PROBATION_BYTES`), until the agent finds whether they carry exports.
+    ExportProbations,
 }
 
 impl Counter {
-    pub const COUNT: usize = 19;
+    pub const COUNT: usize = 23;
 
     /// Every counter, in index order.
     pub const ALL: [Self; Self::COUNT] = [
@@ -80,6 +90,10 @@ impl Counter {
         Self::ProcessRecordsLost,
         Self::ExecUnreadable,
         Self::ExecEnvTruncated,
+        Self::ExportConnections,
+        Self::ExportChunksLost,
+        Self::ExportBytesSkipped,
+        Self::ExportProbations,
     ];
 
     /// The name in the table, the JSON `counters` line and the OTLP `reason` attribute.
@@ -104,6 +118,10 @@ impl Counter {
             Self::ProcessRecordsLost => "process_records_lost",
             Self::ExecUnreadable => "exec_unreadable",
             Self::ExecEnvTruncated => "exec_env_truncated",
+            Self::ExportConnections => "export_connections",
+            Self::ExportChunksLost => "export_chunks_lost",
+            Self::ExportBytesSkipped => "export_bytes_skipped",
+            Self::ExportProbations => "export_probations",
         }
     }
 
@@ -121,7 +139,9 @@ impl Counter {
             | Self::PeerNotRecorded
             | Self::GoTlsFdUnknown
             | Self::ProcessRecordsLost
-            | Self::ExecUnreadable => true,
+            | Self::ExecUnreadable
+            | Self::ExportChunksLost
+            | Self::ExportBytesSkipped => true,
             Self::Inspected
             | Self::Captured
             | Self::Truncated
@@ -129,7 +149,9 @@ impl Counter {
             | Self::H2Connections
             | Self::H2Joined
             | Self::H2HintReplaced
-            | Self::ExecEnvTruncated => false,
+            | Self::ExecEnvTruncated
+            | Self::ExportConnections
+            | Self::ExportProbations => false,
         }
     }
 

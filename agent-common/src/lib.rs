@@ -36,6 +36,19 @@ pub const H2_CONNS_ENTRIES: u32 = 16_384;
 /// Slots of the per-process "has HTTP/2 connections" hint, by `tgid % H2_PROCS_ENTRIES` (a
 /// power of two). A shared slot only costs the other process a hash lookup per syscall.
 pub const H2_PROCS_ENTRIES: u32 = 4096;
+/// Connections that carry OTLP trace exports, whose request bytes are captured whole (see
+/// [`ExportConn`]); an LRU map.
+pub const EXPORT_CONNS_ENTRIES: u32 = 4096;
+/// Slots of the per-process "has export connections" hint, by `tgid % EXPORT_PROCS_ENTRIES`.
+pub const EXPORT_PROCS_ENTRIES: u32 = 4096;
+const _: () = assert!(EXPORT_PROCS_ENTRIES.is_power_of_two());
+/// Bytes an outbound HTTP/2 connection to a port other than OTLP/gRPC's is read whole from its
+/// preface, while the agent finds out whether it carries `TraceService/Export` calls: enough
+/// for a first export of a few hundred spans, which a short-lived process may never follow.
+pub const EXPORT_PROBATION_BYTES: u32 = 1 << 20;
+/// Default bound on the bytes of one send of an export connection that are captured
+/// (`--span-intake-max-bytes`); the rest is skipped and counted.
+pub const EXPORT_MAX_BYTES_DEFAULT: u32 = 4 << 20;
 const _: () = assert!(H2_PROCS_ENTRIES.is_power_of_two());
 /// Goroutines inside Go's `crypto/tls.(*Conn).Read` (entry → return instruction). A server
 /// goroutine waits inside `Read` for the next request on its connection, so this bounds the open
@@ -51,6 +64,15 @@ pub const GLOBAL_KERNEL_OFFSETS: &str = "KERNEL_OFFSETS";
 pub const MAP_EVENTS: &str = "EVENTS";
 pub const MAP_COUNTERS: &str = "COUNTERS";
 pub const MAP_H2_CONNS: &str = "H2_CONNS";
+pub const MAP_EXPORT_CONNS: &str = "EXPORT_CONNS";
+pub const MAP_EXPORT_PROCS: &str = "EXPORT_PROCS";
+/// Connections on probation the agent found to carry trace exports: read whole for good.
+pub const MAP_EXPORT_KEEP: &str = "EXPORT_KEEP";
+/// Bytes of one send of an export connection captured at most; 0 turns the wire intake off.
+pub const GLOBAL_EXPORT_MAX_BYTES: &str = "EXPORT_MAX_BYTES";
+/// The agent's own OTLP receiver ports (gRPC in the high half, HTTP in the low; 0 when off):
+/// exports to them are the receiver's to read, not the wire intake's.
+pub const GLOBAL_RECEIVER_PORTS: &str = "RECEIVER_PORTS";
 
 /// Which way the bytes went, as seen by the process that made the syscall.
 pub mod direction {
@@ -111,6 +133,9 @@ pub mod flags {
     pub const H2_GAP: u8 = 1 << 4;
     /// An exec record whose path and environment were read (else: header only).
     pub const PROCESS_DETAILS: u8 = 1 << 5;
+    /// A chunk of an export connection's request byte stream (OTLP trace exports, read whole):
+    /// `total_len` is then the chunk's offset in the stream, so userspace sees every gap.
+    pub const EXPORT_STREAM: u8 = 1 << 6;
     /// Bits that mean the capture is incomplete.
     pub const INCOMPLETE: u8 = IOVECS_SKIPPED | READ_FAILED;
 }
@@ -263,12 +288,37 @@ pub struct H2Conn {
 }
 const _: () = assert!(size_of::<H2Conn>() == 4);
 
+/// A connection that carries OTLP trace exports, keyed by [`SocketKey`]: every send on it is
+/// captured whole (in chunks of the capture cap), each chunk with its offset in the stream.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExportConn {
+    /// Bytes of the request stream sent since the connection was marked (captured or not).
+    pub offset: u64,
+    /// Bytes this connection is still read whole on probation (an HTTP/2 connection to a port
+    /// other than OTLP/gRPC's, which may carry exports or not); 0: it carries exports. When
+    /// probation runs out and the agent has not kept it ([`MAP_EXPORT_KEEP`]), the kernel
+    /// follows it as an ordinary HTTP/2 connection.
+    pub probation_left: u32,
+    /// 1 when the connection's plaintext comes from a TLS library probe.
+    pub tls: u8,
+    /// 1 after bytes of unknown length were missed: the next chunk carries
+    /// `flags::IOVECS_SKIPPED` (userspace can no longer place the stream's bytes).
+    pub lost: u8,
+    /// 1 for an HTTP/2 connection (marked at its preface): its chunks carry `flags::H2`.
+    pub h2: u8,
+    pub _pad0: [u8; 1],
+}
+const _: () = assert!(size_of::<ExportConn>() == 16);
+
 mod counter;
 pub use counter::Counter;
 
 #[cfg(feature = "user")]
 mod user {
-    use super::{EventHeader, H2Conn, KernelOffsets, Peer, ProcessRecord, SocketKey};
+    use super::{EventHeader, ExportConn, H2Conn, KernelOffsets, Peer, ProcessRecord, SocketKey};
+    // SAFETY: repr(C), integers and explicit padding (size asserted above).
+    unsafe impl aya::Pod for ExportConn {}
     // SAFETY: repr(C), u32s only, explicit padding (size asserted above).
     unsafe impl aya::Pod for KernelOffsets {}
     // SAFETY: repr(C), integers only, no implicit padding (size asserted above).

@@ -1,7 +1,7 @@
 //! The capture path shared by every send and receive hook: cheap HTTP check, copy, ring buffer.
 
 use agent_common::{
-    family, flags, syscall, Counter, EventBuf, H2Conn, SocketKey, CAPTURE_CAP_MAX,
+    direction, family, flags, Counter, EventBuf, H2Conn, SocketKey, CAPTURE_CAP_MAX,
     EVENT_HEADER_LEN, MAX_IOVECS, MIN_REQUEST_LEN,
 };
 use aya_ebpf::{
@@ -12,30 +12,12 @@ use aya_ebpf::{
     },
 };
 
+
 use crate::{
-    h2,
+    export, h2,
+    io::{clamp_to_cap, read_user, tls_flag, Source, Syscall},
     maps::{count, CAPTURE_CAP, EVENTS, PEERS, SCRATCH},
 };
-
-/// Where the syscall's bytes are in user memory.
-#[derive(Clone, Copy)]
-pub enum Source {
-    /// One buffer (`write`, `sendto`, `read`, `recvfrom`).
-    Buf(u64),
-    /// An array of `struct iovec { void *iov_base; size_t iov_len; }` (`writev`, `sendmsg`, ...).
-    Iov { iov: u64, count: u64 },
-}
-
-/// What the hook knows about the syscall.
-pub struct Syscall {
-    pub pid_tgid: u64,
-    pub fd: i32,
-    pub direction: u8,
-    pub syscall: u8,
-    /// Bytes valid in the buffers: the length argument of a send, the return value of a
-    /// receive; `None` for iovec sends, whose length is the sum of the iovecs.
-    pub len: Option<u64>,
-}
 
 /// `value` as bytes in memory order, with a mask over its first `N` bytes.
 const fn prefix<const N: usize>(method: &[u8; N]) -> (u64, u64) {
@@ -65,6 +47,9 @@ const METHODS: [(u64, u64); 10] = [
     prefix(b"PRI * HT"),
 ];
 
+/// `POST /`: a request that may be an OTLP/HTTP export.
+const POST_SLASH: (u64, u64) = prefix(b"POST /");
+
 #[inline(always)]
 fn is_http_request(first8: u64) -> bool {
     let mut i = 0;
@@ -76,49 +61,6 @@ fn is_http_request(first8: u64) -> bool {
         i += 1;
     }
     false
-}
-
-/// Clamps a length to `CAPTURE_CAP_MAX` in a way the verifier sees: the volatile read hides the
-/// value from LLVM, so the comparison is not optimised away even where LLVM can prove it, and
-/// the verifier learns the bound from the branch. Without it: "R2 unbounded memory access".
-#[inline(always)]
-fn clamp_to_cap(len: u64) -> u64 {
-    // SAFETY: reading a local through a valid reference.
-    let len = unsafe { core::ptr::read_volatile(&len) };
-    if len > CAPTURE_CAP_MAX as u64 {
-        CAPTURE_CAP_MAX as u64
-    } else {
-        len
-    }
-}
-
-#[inline(always)]
-pub fn read_user<T>(addr: u64) -> Option<T> {
-    let mut value = core::mem::MaybeUninit::<T>::uninit();
-    // SAFETY: the helper writes at most size_of::<T>() bytes into `value` and fails cleanly on
-    // unmapped user memory.
-    let ret = unsafe {
-        bpf_probe_read_user(
-            value.as_mut_ptr().cast(),
-            core::mem::size_of::<T>() as u32,
-            addr as *const _,
-        )
-    };
-    // SAFETY: the helper filled `value` when it returned 0.
-    (ret == 0).then(|| unsafe { value.assume_init() })
-}
-
-/// `flags::TLS` for events from the `SSL_*` probes and the Go `crypto/tls` probes.
-#[inline(always)]
-pub const fn tls_flag(kind: u8) -> u8 {
-    if (kind >= syscall::SSL_WRITE && kind <= syscall::SSL_READ_EX)
-        || kind == syscall::GO_TLS_WRITE
-        || kind == syscall::GO_TLS_READ
-    {
-        flags::TLS
-    } else {
-        0
-    }
 }
 
 /// What [`capture`] made of the bytes.
@@ -137,6 +79,12 @@ pub enum Seen {
 pub fn capture(sys: &Syscall, src: Source) -> Result<Seen, ()> {
     let tgid = (sys.pid_tgid >> 32) as u32;
     let tls = tls_flag(sys.syscall) != 0;
+    let outbound = sys.direction == direction::OUTBOUND;
+    if outbound {
+        if let Some(conn) = export::marked(tgid, sys.fd, tls) {
+            return export::capture_stream(sys, src, conn).map(|()| Seen::Request);
+        }
+    }
     if let Some(conn) = h2::marked(tgid, sys.fd, sys.direction, tls) {
         return copy_and_submit(sys, src, Some(conn)).map(|()| Seen::Request);
     }
@@ -162,6 +110,27 @@ pub fn capture(sys: &Syscall, src: Source) -> Result<Seen, ()> {
         return Err(());
     };
     if is_http_request(first8) {
+        if outbound && export::enabled() {
+            // An OTLP trace export connection is read whole from its first request on.
+            let starts_export = if first8 == h2::PREFACE_PREFIX {
+                Some(if export::to_otlp_grpc_port(tgid, sys.fd) {
+                    export::Mark::H2Exports
+                } else {
+                    export::Mark::Probation
+                })
+            } else if first8 & POST_SLASH.1 == POST_SLASH.0
+                && export::is_trace_export_line(first, sys.len)
+            {
+                Some(export::Mark::Http1Exports)
+            } else {
+                None
+            };
+            if let Some(how) = starts_export {
+                if let Some(conn) = export::mark(tgid, sys.fd, tls, how) {
+                    return export::capture_stream(sys, src, conn).map(|()| Seen::Request);
+                }
+            }
+        }
         let conn = if first8 == h2::PREFACE_PREFIX {
             h2::mark(tgid, sys.fd, sys.direction, tls, false)
         } else {

@@ -25,7 +25,8 @@ use aya_ebpf::{
 };
 
 use crate::{
-    capture::{capture, read_user, Source, Syscall},
+    capture::capture,
+    io::{read_user, Source, Syscall},
     maps::{count, current_tgid_unless_agent},
 };
 

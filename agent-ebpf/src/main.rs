@@ -8,8 +8,10 @@
 
 mod args;
 mod capture;
+mod export;
 mod gotls;
 mod h2;
+mod io;
 mod maps;
 mod process;
 mod recv;

@@ -7,7 +7,8 @@ use aya_ebpf::{macros::map, maps::Array};
 
 use crate::{
     args::Args,
-    capture::{capture, Source, Syscall},
+    capture::capture,
+    io::{Source, Syscall},
     h2,
     maps::{count, current_tgid_unless_agent},
     socket::msghdr_iov,

@@ -4,65 +4,49 @@ use agent_common::{direction, syscall};
 
 use crate::{
     args::Args,
-    capture::{capture, Source, Syscall},
+    capture::capture,
+    io::{Source, Syscall},
     maps::current_tgid_unless_agent,
     socket::msghdr_iov,
     tls::note_if_ciphertext,
 };
 
-/// `write(fd, buf, count)`: Go net/http.
+/// Every send syscall: `write(fd, buf, count)` (Go net/http), `sendto(fd, buf, len, ...)`
+/// (curl, Python's sendall), `writev(fd, iov, iovcnt)` (Node), `sendmsg(fd, msg, flags)`.
+/// One call site of the capture path for all four: inlined once per hook, it kept `sys_enter`
+/// within the verifier's budget once the export path (export.rs) joined it.
 #[inline(always)]
-pub fn on_write(args: &Args) {
-    let _ignored = try_send_buf(args, syscall::WRITE);
-}
-
-/// `sendto(fd, buf, len, flags, addr, addrlen)`: curl, Python's sendall.
-#[inline(always)]
-pub fn on_sendto(args: &Args) {
-    let _ignored = try_send_buf(args, syscall::SENDTO);
-}
-
-/// `writev(fd, iov, iovcnt)`: Node.
-#[inline(always)]
-pub fn on_writev(args: &Args) {
-    let _ignored = try_send_iov(args, syscall::WRITEV, args.get(1), args.get(2));
-}
-
-/// `sendmsg(fd, msg, flags)`.
-#[inline(always)]
-pub fn on_sendmsg(args: &Args) {
-    if let Some((iov, count)) = msghdr_iov(args.get(1)) {
-        let _ignored = try_send_iov(args, syscall::SENDMSG, iov, count);
-    }
+pub fn on_send(kind: u8, args: &Args) {
+    let _ignored = try_send(kind, args);
 }
 
 #[inline(always)]
-fn try_send_buf(args: &Args, kind: u8) -> Result<(), ()> {
-    let len = args.get(2);
-    // Short sends too: `capture` keeps them only on HTTP/2 connections.
+fn try_send(kind: u8, args: &Args) -> Result<(), ()> {
     let (pid_tgid, _) = current_tgid_unless_agent().ok_or(())?;
-    let sys = Syscall {
-        pid_tgid,
-        fd: args.get(0) as i32,
-        direction: direction::OUTBOUND,
-        syscall: kind,
-        len: Some(len),
+    // Short sends too: `capture` keeps them only on HTTP/2 and export connections.
+    let (src, len) = match kind {
+        syscall::WRITE | syscall::SENDTO => (Source::Buf(args.get(1)), Some(args.get(2))),
+        syscall::WRITEV => (
+            Source::Iov {
+                iov: args.get(1),
+                count: args.get(2),
+            },
+            None,
+        ),
+        _ => {
+            let (iov, count) = msghdr_iov(args.get(1)).ok_or(())?;
+            (Source::Iov { iov, count }, None)
+        }
     };
-    note_if_ciphertext(&sys, capture(&sys, Source::Buf(args.get(1))))
-}
-
-#[inline(always)]
-fn try_send_iov(args: &Args, kind: u8, iov: u64, count: u64) -> Result<(), ()> {
-    if count == 0 {
+    if matches!(src, Source::Iov { count: 0, .. }) {
         return Ok(());
     }
-    let (pid_tgid, _) = current_tgid_unless_agent().ok_or(())?;
     let sys = Syscall {
         pid_tgid,
         fd: args.get(0) as i32,
         direction: direction::OUTBOUND,
         syscall: kind,
-        len: None,
+        len,
     };
-    note_if_ciphertext(&sys, capture(&sys, Source::Iov { iov, count }))
+    note_if_ciphertext(&sys, capture(&sys, src))
 }

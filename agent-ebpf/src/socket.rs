@@ -4,8 +4,8 @@ use agent_common::{family, Counter, Peer, SocketKey};
 
 use crate::{
     args::Args,
-    capture::read_user,
-    h2,
+    io::read_user,
+    export, h2,
     maps::{count, current_tgid_unless_agent, PEERS},
 };
 
@@ -25,6 +25,7 @@ pub fn on_close(args: &Args) {
         let fd = args.get(0) as i32;
         let _ignored = PEERS.remove(SocketKey { tgid, fd });
         h2::forget(tgid, fd);
+        export::forget(tgid, fd);
     }
 }
 

@@ -27,7 +27,8 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 
 use crate::{
-    capture::{capture, read_user, Seen, Source, Syscall},
+    capture::{capture, Seen},
+    io::{read_user, Source, Syscall},
     maps::{count, current_tgid_unless_agent},
 };
 

@@ -9,6 +9,7 @@
 //! return the programs see every syscall and must pick theirs by number, and read the
 //! arguments from the task's saved registers.
 
+use agent_common::syscall;
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use aya_log_ebpf::warn;
 
@@ -57,11 +58,19 @@ pub fn tracegap_sys_enter(ctx: RawTracePointContext) -> i32 {
             return 0;
         }
     };
+    // One send path for the four send syscalls (see send.rs).
+    let send = match id {
+        nr::WRITE => Some(syscall::WRITE),
+        nr::SENDTO => Some(syscall::SENDTO),
+        nr::WRITEV => Some(syscall::WRITEV),
+        nr::SENDMSG => Some(syscall::SENDMSG),
+        _ => None,
+    };
+    if let Some(kind) = send {
+        send::on_send(kind, &args);
+        return 0;
+    }
     match id {
-        nr::WRITE => send::on_write(&args),
-        nr::SENDTO => send::on_sendto(&args),
-        nr::WRITEV => send::on_writev(&args),
-        nr::SENDMSG => send::on_sendmsg(&args),
         nr::READ => recv::on_read(&args),
         nr::RECVFROM => recv::on_recvfrom(&args),
         nr::READV => recv::on_readv(&args),

@@ -161,6 +161,38 @@ pub struct AgentArgs {
     /// uprobes at all; HTTPS requests are then not seen).
     #[arg(long, value_enum, default_value_t = Switch::On)]
     pub tls: Switch,
+
+    /// Where the span rules get the spans processes export: the agent's OTLP receiver, the
+    /// exports read off the wire as they leave each process (to any collector), or both.
+    #[arg(long, value_enum, default_value_t = SpanIntake::Both)]
+    pub span_intake: SpanIntake,
+
+    /// Largest export read off the wire, in bytes (one send, and one message before and after
+    /// decompression); larger ones are counted and not used.
+    #[arg(long, default_value_t = agent_common::EXPORT_MAX_BYTES_DEFAULT,
+          value_parser = clap::value_parser!(u32).range(4096..=(256 << 20)))]
+    pub span_intake_max_bytes: u32,
+}
+
+/// Where the span rules get their spans.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SpanIntake {
+    /// Only exports sent to the agent's OTLP receiver.
+    Receiver,
+    /// Only exports read off the wire (exports to the agent's receiver too).
+    Wire,
+    /// Both; an export to the agent's receiver is read by the receiver only.
+    Both,
+}
+
+impl SpanIntake {
+    pub fn wire(self) -> bool {
+        self != Self::Receiver
+    }
+
+    pub fn receiver(self) -> bool {
+        self != Self::Wire
+    }
 }
 
 /// `on` or `off`.

@@ -18,10 +18,18 @@ use crate::{
     correlate::{Correlator, Raised, Sender},
     findings::FindingStore,
     model::{Direction, KernelCounters},
-    otlp::ExportBatch,
-    parse::{Parser, Request},
+    otlp::{Attribution, ExportBatch},
+    parse::{export::ExportConnection, Parser, Request},
     snapshot::{AgentCounters, FindingBrief, ProcessRow, Snapshot},
 };
+
+/// Where the span rules get their spans (`--span-intake`).
+#[derive(Clone, Copy, Debug)]
+pub struct SpanIntakeConfig {
+    pub use_receiver: bool,
+    /// Largest export read off the wire.
+    pub max_bytes: usize,
+}
 
 /// What the pipeline is given besides events: the kernel's and the capture's own counts.
 #[derive(Clone, Copy, Debug, Default)]
@@ -44,12 +52,18 @@ pub struct Pipeline {
     raised: Vec<Raised>,
     /// Wall clock minus CLOCK_MONOTONIC, to date kernel timestamps.
     boot_offset: Duration,
+    /// Spans from the receiver are used (`--span-intake receiver|both`).
+    use_receiver: bool,
+    /// Receiver batches not used (`--span-intake wire`).
+    receiver_batches_ignored: u64,
+    /// HTTP/2 connections found to carry trace exports, for the kernel to read whole.
+    export_connections: Vec<ExportConnection>,
 }
 
 impl Pipeline {
-    pub fn new(span_grace: Duration, pods: Option<PodIndex>) -> Self {
+    pub fn new(span_grace: Duration, pods: Option<PodIndex>, intake: SpanIntakeConfig) -> Self {
         Self {
-            parser: Parser::default(),
+            parser: Parser::new(intake.max_bytes),
             attributor: Attributor::new(pods),
             correlator: Correlator::new(span_grace),
             findings: FindingStore::default(),
@@ -58,6 +72,9 @@ impl Pipeline {
             decode_errors: 0,
             raised: Vec::new(),
             boot_offset: boot_offset(),
+            use_receiver: intake.use_receiver,
+            receiver_batches_ignored: 0,
+            export_connections: Vec::new(),
         }
     }
 
@@ -87,7 +104,28 @@ impl Pipeline {
         for req in &parsed.requests {
             self.handle_request(&event, req);
         }
+        for export in parsed.exports {
+            let received_at = SystemTime::UNIX_EPOCH
+                + self.boot_offset
+                + Duration::from_nanos(export.monotonic_ns);
+            for resource in export.resources {
+                self.use_export(&ExportBatch {
+                    pid: Some(export.pid),
+                    attributed_by: Attribution::Wire,
+                    service_name: resource.service_name,
+                    received_at,
+                    transport: export.transport,
+                    spans: resource.spans,
+                });
+            }
+        }
+        self.export_connections.extend(parsed.export_connection);
         self.record_raised();
+    }
+
+    /// HTTP/2 connections found to carry trace exports since the last call.
+    pub fn take_export_connections(&mut self) -> Vec<ExportConnection> {
+        std::mem::take(&mut self.export_connections)
     }
 
     /// One request (HTTP/1 or one HTTP/2 stream's headers) of a captured event.
@@ -129,8 +167,17 @@ impl Pipeline {
         self.findings.all()
     }
 
-    /// One export request's spans from one process.
+    /// One export request's spans from one process, from the receiver.
     pub fn handle_export(&mut self, batch: &ExportBatch) {
+        if !self.use_receiver {
+            self.receiver_batches_ignored += 1;
+            return;
+        }
+        self.use_export(batch);
+    }
+
+    /// One export's spans, from the receiver or off the wire.
+    fn use_export(&mut self, batch: &ExportBatch) {
         if let (Some(pid), Some(name)) = (batch.pid, &batch.service_name) {
             self.attributor.learn_exported_service(pid, name.clone());
         }
@@ -214,6 +261,8 @@ impl Pipeline {
             process_records: self.process_records,
             decode_errors: self.decode_errors,
             parse: self.parser.counters.clone(),
+            wire: self.parser.export_counters().clone(),
+            receiver_batches_ignored: self.receiver_batches_ignored,
             h2_connections_evicted: self.parser.h2_evicted(),
             go_tls_too_old: capture.go_tls_too_old,
             attribute: self.attributor.counters(),

@@ -8,16 +8,17 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use agent_common::SocketKey;
 use anyhow::Context as _;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     attribute::k8s::{self, PodWatcher},
-    capture::{Capture, DecodeError, Record},
+    capture::{Capture, CaptureConfig, DecodeError, Record},
     cli::AgentArgs,
     findings::Finding,
     otlp::{self, ExportBatch, ReceiverConfig, ReceiverHandle, ReceiverStats},
-    pipeline::{CaptureStatus, Pipeline},
+    pipeline::{CaptureStatus, Pipeline, SpanIntakeConfig},
     report::otlp::ring_lag_ms,
     snapshot::Snapshot,
 };
@@ -71,8 +72,6 @@ enum Wake {
 impl Session {
     /// Attaches the programs and starts the receiver.
     pub async fn start(args: &AgentArgs, span_grace: Duration) -> anyhow::Result<Self> {
-        let capture = Capture::start(args.capture_bytes, args.ring_buffer_bytes, args.tls.is_on())
-            .context("starting the kernel capture")?;
         let (export_tx, exports) = mpsc::channel(EXPORT_QUEUE);
         let receiver_stats = Arc::new(ReceiverStats::default());
         let (stop_receiver, receiver_stopped) = oneshot::channel::<()>();
@@ -105,8 +104,35 @@ impl Session {
                 .http_addr()
                 .map_or_else(|| "off".to_owned(), |a| a.to_string()),
         );
+        // After the receiver, whose ports the kernel side needs: exports to it are its own,
+        // unless only the wire is read.
+        let port = |addr: Option<std::net::SocketAddr>| addr.map_or(0, |a| a.port());
+        let receiver_ports = if args.span_intake.receiver() {
+            (port(receiver.grpc_addr()), port(receiver.http_addr()))
+        } else {
+            (0, 0)
+        };
+        let capture = Capture::start(&CaptureConfig {
+            capture_bytes: args.capture_bytes,
+            ring_bytes: args.ring_buffer_bytes,
+            tls: args.tls.is_on(),
+            export_max_bytes: if args.span_intake.wire() {
+                args.span_intake_max_bytes
+            } else {
+                0
+            },
+            receiver_ports,
+        })
+        .context("starting the kernel capture")?;
         let pods = k8s::start_in_cluster();
-        let pipeline = Pipeline::new(span_grace, pods.as_ref().map(|w| w.index().clone()));
+        let pipeline = Pipeline::new(
+            span_grace,
+            pods.as_ref().map(|w| w.index().clone()),
+            SpanIntakeConfig {
+                use_receiver: args.span_intake.receiver(),
+                max_bytes: args.span_intake_max_bytes as usize,
+            },
+        );
         Ok(Self {
             capture,
             pipeline,
@@ -145,6 +171,16 @@ impl Session {
                 }
                 for record in self.batch.drain(..) {
                     self.pipeline.handle(record);
+                }
+                for conn in self.pipeline.take_export_connections() {
+                    self.capture.mark_export(
+                        SocketKey {
+                            tgid: conn.key.pid,
+                            fd: conn.key.fd,
+                        },
+                        conn.key.tls,
+                        conn.h2,
+                    );
                 }
             }
             Wake::Export(batch) => self.pipeline.handle_export(&batch),

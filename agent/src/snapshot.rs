@@ -11,7 +11,7 @@ use crate::{
     correlate::{traces::TraceCounters, CorrelateCounters, ProcessStats},
     findings::{Finding, FindingKind},
     model::{KernelCounters, Protocol},
-    parse::ParseCounters,
+    parse::{export::ExportCounters, ParseCounters},
 };
 
 /// One tick's view of everything.
@@ -63,6 +63,10 @@ pub struct AgentCounters {
     /// Ring buffer records that did not decode.
     pub decode_errors: u64,
     pub parse: ParseCounters,
+    /// The wire intake (OTLP exports read off the wire).
+    pub wire: ExportCounters,
+    /// Receiver batches not used (`--span-intake wire`).
+    pub receiver_batches_ignored: u64,
     /// HTTP/2 connections forgotten to stay within their bound (untrusted if they speak again).
     pub h2_connections_evicted: u64,
     /// Go executables not probed: built before Go's register ABI (Go < 1.17).
@@ -87,6 +91,8 @@ impl AgentCounters {
             ("decode_errors", self.decode_errors),
         ];
         named.extend(self.parse.named());
+        named.extend(self.wire.named());
+        named.push(("receiver_batches_ignored", self.receiver_batches_ignored));
         named.extend([
             ("h2_connections_evicted", self.h2_connections_evicted),
             ("go_tls_too_old", self.go_tls_too_old),
@@ -109,6 +115,21 @@ impl ParseCounters {
             ("parse_failures", self.parse_failures),
             ("h2_undetermined", self.h2_undetermined),
             ("h2_lost_sync", self.h2_lost_sync),
+        ]
+    }
+}
+
+impl ExportCounters {
+    pub fn named(&self) -> [(&'static str, u64); 8] {
+        [
+            ("wire_exports", self.exports),
+            ("wire_spans", self.spans),
+            ("wire_incomplete_gap", self.gap),
+            ("wire_incomplete_too_large", self.too_large),
+            ("wire_incomplete_not_from_start", self.not_from_start),
+            ("wire_unknown_encoding", self.unknown_encoding),
+            ("wire_undecodable", self.undecodable),
+            ("wire_connections_evicted", self.connections_evicted),
         ]
     }
 }

@@ -3,6 +3,7 @@
 //! and without the agent and computes the ratios.
 
 mod churn;
+mod export;
 mod flood;
 mod load;
 mod syscall;
@@ -31,6 +32,8 @@ enum Command {
     Flood(flood::Options),
     /// Many short-lived connections, then many short-lived processes, each making one request.
     Churn(churn::Options),
+    /// OTLP/HTTP trace exports to a loopback sink; prints the spans sent.
+    ExportLoop(export::Options),
 }
 
 fn main() -> Result<()> {
@@ -39,6 +42,7 @@ fn main() -> Result<()> {
         Command::HttpLoad(opts) => load::run(&opts)?,
         Command::Flood(opts) => flood::run(&opts)?,
         Command::Churn(opts) => churn::run(&opts)?,
+        Command::ExportLoop(opts) => export::run(&opts)?,
     };
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{result}")?;

@@ -2,7 +2,8 @@
 //!
 //! Each kind exercises one path of the eBPF programs: `write8` exits at the length check,
 //! `write64`/`sendto-other` read 8 bytes and fail the method check, `read64` pays the
-//! enter→exit stash of the receive side, `sendto-http` is captured into the ring buffer.
+//! enter→exit stash of the receive side, `sendto-http` is captured into the ring buffer, and
+//! `sendto-post` too, after the kernel looked for an OTLP export path in its request line.
 
 use std::{
     fs::File,
@@ -28,6 +29,9 @@ pub enum Kind {
     SendtoOther,
     /// `sendto` of an HTTP request on a full Unix datagram socket (captured).
     SendtoHttp,
+    /// `sendto` of an HTTP POST that is not an OTLP export (captured; the kernel looks for
+    /// `/v1/traces` at the end of its path).
+    SendtoPost,
     /// fork + exec of `/bin/true` and its exit, waited for: the process records' cost
     /// (exec, fork, exit) per process started.
     Spawn,
@@ -50,6 +54,8 @@ pub struct Options {
 
 const HTTP_REQUEST: &[u8] =
     b"GET /bench/syscall HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: tracegap-bench\r\n\r\n";
+const HTTP_POST: &[u8] =
+    b"POST /api/orders/checkout HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}";
 const OTHER: [u8; 64] = [0x5a; 64];
 
 pub fn run(opts: &Options) -> Result<Value> {
@@ -79,6 +85,7 @@ pub fn run(opts: &Options) -> Result<Value> {
             HTTP_REQUEST.as_ptr(),
             HTTP_REQUEST.len(),
         ),
+        Kind::SendtoPost => (sender.as_raw_fd(), HTTP_POST.as_ptr(), HTTP_POST.len()),
         Kind::Spawn => (-1, OTHER.as_ptr(), 0),
     };
     let burst = opts.burst.max(1);
@@ -94,7 +101,7 @@ pub fn run(opts: &Options) -> Result<Value> {
                 match opts.kind {
                     Kind::Write8 | Kind::Write64 => libc::write(fd, ptr.cast(), len),
                     Kind::Read64 => libc::read(fd, ptr.cast_mut().cast(), len),
-                    Kind::SendtoOther | Kind::SendtoHttp => {
+                    Kind::SendtoOther | Kind::SendtoHttp | Kind::SendtoPost => {
                         libc::sendto(fd, ptr.cast(), len, 0, std::ptr::null(), 0)
                     }
                     Kind::Spawn => 0,

@@ -1,6 +1,8 @@
-//! A real OTLP receiver for the export tests: logs and metrics over gRPC (tonic with the
+//! A real OTLP receiver for the export tests: logs, metrics and traces over gRPC (tonic with the
 //! generated opentelemetry-proto services) and over HTTP/protobuf (a plain HTTP/1.1 loop), both
-//! on 127.0.0.1 with kernel-chosen ports. Every request is kept for assertions.
+//! on 127.0.0.1 with kernel-chosen ports. Every logs and metrics request is kept for
+//! assertions; trace export requests are counted (the collector an application exports to
+//! directly, for the tests of the agent's wire intake).
 
 use std::{
     convert::Infallible,
@@ -26,6 +28,10 @@ use opentelemetry_proto::tonic::{
             metrics_service_server::{MetricsService, MetricsServiceServer},
             ExportMetricsServiceRequest, ExportMetricsServiceResponse,
         },
+        trace::v1::{
+            trace_service_server::{TraceService, TraceServiceServer},
+            ExportTraceServiceRequest, ExportTraceServiceResponse,
+        },
     },
     common::v1::{any_value, KeyValue},
     logs::v1::LogRecord,
@@ -41,6 +47,8 @@ use tonic::{
 struct Received {
     logs: Mutex<Vec<ExportLogsServiceRequest>>,
     metrics: Mutex<Vec<ExportMetricsServiceRequest>>,
+    /// Trace export requests (any transport, any encoding).
+    trace_requests: std::sync::atomic::AtomicUsize,
 }
 
 /// Stops both servers on drop.
@@ -71,6 +79,8 @@ impl OtlpSink {
         let svc = Dispatch {
             logs: LogsServiceServer::new(Sink(Arc::clone(&received))),
             metrics: MetricsServiceServer::new(Sink(Arc::clone(&received))),
+            traces: TraceServiceServer::new(Sink(Arc::clone(&received)))
+                .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
         };
         runtime.spawn(async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
@@ -129,6 +139,11 @@ impl OtlpSink {
 
     pub fn metrics(&self) -> Vec<ExportMetricsServiceRequest> {
         self.received.metrics.lock().expect("lock").clone()
+    }
+
+    /// Trace export requests received.
+    pub fn trace_requests(&self) -> usize {
+        self.received.trace_requests.load(Ordering::SeqCst)
     }
 
     /// Every log record received, with its resource attributes.
@@ -261,11 +276,23 @@ impl MetricsService for Sink {
     }
 }
 
-/// Routes by gRPC method path: both services on one port, as a collector has them.
+#[tonic::async_trait]
+impl TraceService for Sink {
+    async fn export(
+        &self,
+        _request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.0.trace_requests.fetch_add(1, Ordering::SeqCst);
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+/// Routes by gRPC method path: every service on one port, as a collector has them.
 #[derive(Clone)]
 struct Dispatch {
     logs: LogsServiceServer<Sink>,
     metrics: MetricsServiceServer<Sink>,
+    traces: TraceServiceServer<Sink>,
 }
 
 impl<B> Service<http::Request<B>> for Dispatch
@@ -282,12 +309,11 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        if req
-            .uri()
-            .path()
-            .starts_with("/opentelemetry.proto.collector.logs.")
-        {
+        let path = req.uri().path();
+        if path.starts_with("/opentelemetry.proto.collector.logs.") {
             self.logs.call(req)
+        } else if path.starts_with("/opentelemetry.proto.collector.trace.") {
+            self.traces.call(req)
         } else {
             self.metrics.call(req)
         }
@@ -338,6 +364,11 @@ fn serve_http(stream: TcpStream, received: &Received) {
             "/v1/metrics" => {
                 let req = ExportMetricsServiceRequest::decode(&body[..]).expect("metrics protobuf");
                 received.metrics.lock().expect("lock").push(req);
+                "200 OK"
+            }
+            // Protobuf or JSON, maybe gzip: counted, not decoded (the agent decodes them).
+            "/v1/traces" => {
+                received.trace_requests.fetch_add(1, Ordering::SeqCst);
                 "200 OK"
             }
             _ => "404 Not Found",

@@ -14,21 +14,14 @@
 #[path = "go_shop/harness.rs"]
 mod harness;
 
-use std::{
-    net::SocketAddr,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
 use serde_json::json;
-use tracegap_tests::{
-    findings, findings_of, free_port, go_bin, kinds_of, last_counters, show, wait_listening,
-    ChildGuard,
-};
+use tracegap_tests::{findings_of, kinds_of, last_counters, show};
 
 use harness::{
-    agent, assert_clean, assert_full_coverage, assert_route, coverage, settle, the_finding,
-    wait_for_go_tls_probes, Export, Jaeger, Setup, Shop, CHARGE, COMPLETE_TRACE,
+    agent, assert_clean, assert_full_coverage, assert_route, collector, coverage, settle,
+    the_finding, wait_for_go_tls_probes, Export, Jaeger, Setup, Shop, CHARGE, COMPLETE_TRACE,
 };
 
 /// Mode (a), every switch off: no finding for any shop process, every request carries W3C
@@ -450,30 +443,14 @@ fn go_shop_https_between_checkout_and_inventory_is_judged_over_go_tls() {
 }
 
 /// Mode (b): the SDKs export straight to a Collector (otlp → batch → otlp) in front of Jaeger.
-/// The wire rules still hold (frontend without otelhttp: `missing_traceparent`); the span rules
-/// cannot see checkout's never-ended span, because the spans never reach the agent: every
-/// context is counted `unverifiable`, none is a finding. Tighten when the agent reads exports
-/// off the wire.
+/// Exporting to a Collector, not to the agent: the wire rules hold (frontend without otelhttp:
+/// `missing_traceparent`), and so do the span rules, from the exports the agent reads off the
+/// wire on their way to the Collector (OTLP/HTTP from three services, OTLP/gRPC from payment,
+/// neither to the agent's ports): checkout's never-ended span is `unexported_span`.
 #[test]
-fn go_shop_exporting_to_a_collector_leaves_span_rules_unverifiable() {
+fn go_shop_exporting_to_a_collector_is_judged_from_the_wire() {
     let jaeger = Jaeger::start();
-    let (grpc, http) = (free_port(), free_port());
-    let _collector = ChildGuard::spawn(
-        Command::new(go_bin("jaeger"))
-            .arg("--config")
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/go/collector.yaml"))
-            .env("COLLECTOR_OTLP_GRPC_PORT", grpc.to_string())
-            .env("COLLECTOR_OTLP_HTTP_PORT", http.to_string())
-            .env("JAEGER_OTLP_GRPC_PORT", jaeger.otlp_grpc.port().to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null()),
-    );
-    let collector = Export {
-        http: SocketAddr::from(([127, 0, 0, 1], http)),
-        grpc: SocketAddr::from(([127, 0, 0, 1], grpc)),
-    };
-    wait_listening(collector.http, Duration::from_secs(20));
-    wait_listening(collector.grpc, Duration::from_secs(20));
+    let (_collector, collector) = collector(&jaeger);
     let agent = agent(&[]);
     let shop = Shop::start(
         collector,
@@ -483,6 +460,12 @@ fn go_shop_exporting_to_a_collector_leaves_span_rules_unverifiable() {
     );
     let n = 20;
     let load = shop.load(n);
+    let checkout = shop.checkout.pid();
+    agent.wait_for("unexported_span", Duration::from_secs(30), |lines| {
+        findings_of(lines, checkout)
+            .iter()
+            .any(|f| f["kind"] == "unexported_span" && f["count"] == n)
+    });
     settle();
     let lines = agent.stop();
 
@@ -500,28 +483,95 @@ fn go_shop_exporting_to_a_collector_leaves_span_rules_unverifiable() {
         "http/1.1",
         false,
     );
-    let mut others = shop.pids()[1..].to_vec();
+    let mut others = vec![shop.pids()[2], shop.pids()[3]];
     others.push(("loadgen", load.pid));
     assert_clean(&lines, &others);
+    let f = the_finding(&lines, shop.checkout.pid(), "unexported_span", "checkout");
+    assert_route(
+        f,
+        &Shop::peer(shop.inventory_port),
+        "GET",
+        "/reserve",
+        "http/1.1",
+        false,
+    );
+    assert_eq!(f["count"], n, "{f}");
     let counters = last_counters(&lines);
-    let traces = &counters["agent"]["traces"];
-    let n = n as u64;
+    let agent_counters = &counters["agent"];
     assert_eq!(
-        traces["unverifiable"],
-        3 * n,
-        "loadgen's and checkout's two contexts per purchase: {counters}"
+        counters["receiver"]["export_requests"], 0,
+        "none reached the agent's receiver: {counters}"
     );
-    assert_eq!(traces["judged"], 0, "{counters}");
-    assert_eq!(counters["agent"]["export_batches"], 0, "{counters}");
     assert!(
-        counters["agent"]["telemetry_exports"].as_u64() >= Some(5),
-        "the exports to the Collector were seen on the wire: {counters}"
+        agent_counters["wire_exports"].as_u64() >= Some(5),
+        "the exports to the Collector were read off the wire: {counters}"
     );
+    // Every service's spans, over OTLP/HTTP and (payment, to a port the kernel does not know
+    // as OTLP's: read on probation) OTLP/gRPC.
+    for (name, pid) in shop.pids() {
+        let exported = lines
+            .iter()
+            .rev()
+            .find(|l| l["kind"] == "coverage" && l["pid"] == pid)
+            .and_then(|l| l["spans_exported"].as_u64());
+        assert!(
+            exported >= Some(n as u64),
+            "{name}: {exported:?}\n{counters}"
+        );
+    }
     // The spans did reach Jaeger through the Collector.
     let (id, _) = &load.trace_ids[0];
     let spans = jaeger.wait_trace(id, 3);
     assert!(spans.iter().any(|(s, _, _)| s == "loadgen"), "{spans:?}");
-    assert!(findings(&lines)
-        .iter()
-        .all(|f| f["kind"] != "unexported_span"));
+}
+
+/// The other span rules from the wire too, as when exporting to the agent: checkout hands a
+/// goroutine `context.Background()` (`broken_context`); inventory exports each span alone
+/// (`synchronous_export`).
+#[test]
+fn go_shop_exporting_to_a_collector_broken_context_and_syncer_from_the_wire() {
+    let jaeger = Jaeger::start();
+    let (_collector, collector) = collector(&jaeger);
+    let agent = agent(&[]);
+    let shop = Shop::start(
+        collector,
+        Setup::default()
+            .fault("checkout", "background-context")
+            .fault("inventory", "sync-export"),
+    );
+    let n = 20;
+    let load = shop.load(n);
+    let checkout = shop.checkout.pid();
+    agent.wait_for("broken_context", Duration::from_secs(30), |lines| {
+        findings_of(lines, checkout)
+            .iter()
+            .any(|f| f["kind"] == "broken_context" && f["count"] == n)
+    });
+    settle();
+    let lines = agent.stop();
+    let f = the_finding(&lines, checkout, "broken_context", "checkout");
+    assert_route(
+        f,
+        &Shop::peer(shop.inventory_port),
+        "GET",
+        "/reserve",
+        "http/1.1",
+        false,
+    );
+    let f = the_finding(
+        &lines,
+        shop.inventory.pid(),
+        "synchronous_export",
+        "inventory",
+    );
+    assert_eq!(f["path"], "/v1/traces", "{f}");
+    assert_eq!(f["evidence"]["spans_per_export"], "1", "{f}");
+    let counters = last_counters(&lines);
+    assert_eq!(
+        counters["receiver"]["export_requests"], 0,
+        "none reached the agent's receiver: {counters}"
+    );
+    let mut others = vec![shop.pids()[0], shop.pids()[3]];
+    others.push(("loadgen", load.pid));
+    assert_clean(&lines, &others);
 }

@@ -10,6 +10,7 @@ mod kernel;
 mod procs;
 mod report;
 mod stats;
+mod wire;
 
 use std::{path::PathBuf, process::Command, time::Instant};
 
@@ -47,6 +48,8 @@ pub struct Plan {
     capture_loop_count: u64,
     /// Processes started (fork + exec + exit) per spawn loop.
     spawn_loop_count: u64,
+    /// OTLP/HTTP exports per wire intake loop.
+    export_loop_count: u64,
     flood_rates: Vec<u64>,
     flood_secs: f64,
     churn_connections: u32,
@@ -64,6 +67,7 @@ impl Plan {
                 syscall_loop_count: 20_000,
                 capture_loop_count: 5_000,
                 spawn_loop_count: 50,
+                export_loop_count: 50,
                 flood_rates: vec![10_000],
                 flood_secs: 0.5,
                 churn_connections: 200,
@@ -78,6 +82,7 @@ impl Plan {
                 syscall_loop_count: 300_000,
                 capture_loop_count: 50_000,
                 spawn_loop_count: 1_000,
+                export_loop_count: 500,
                 // 0: as fast as the sender can.
                 flood_rates: vec![50_000, 100_000, 0],
                 flood_secs: 1.5,
@@ -93,6 +98,7 @@ impl Plan {
                 syscall_loop_count: 1_000_000,
                 capture_loop_count: 200_000,
                 spawn_loop_count: 3_000,
+                export_loop_count: 2_000,
                 flood_rates: vec![25_000, 50_000, 100_000, 150_000, 200_000, 0],
                 flood_secs: 4.0,
                 churn_connections: 100_000,
@@ -149,15 +155,17 @@ pub fn run(opts: &Options) -> Result<()> {
     eprintln!("bench: {} mode, {} rounds", ctx.plan.name, ctx.plan.rounds);
 
     let nginx = procs::Nginx::start(&ctx.dir)?;
-    eprintln!("bench: 1-2/5 HTTP overhead (nginx at {})", nginx.addr);
+    eprintln!("bench: 1-2/6 HTTP overhead (nginx at {})", nginx.addr);
     let http = http::run(&ctx, &nginx)?;
-    eprintln!("bench: 3/5 in-kernel cost per syscall");
+    eprintln!("bench: 3/6 in-kernel cost per syscall");
     let kernel = kernel::run(&ctx)?;
-    eprintln!("bench: 4/5 ring buffer capacity");
+    eprintln!("bench: 4/6 ring buffer capacity");
     let capacity = capacity::capacity(&ctx)?;
-    eprintln!("bench: 5/5 memory under churn");
+    eprintln!("bench: 5/6 memory under churn");
     let churn = capacity::churn(&ctx, &nginx)?;
     drop(nginx);
+    eprintln!("bench: 6/6 wire intake");
+    let wire = wire::run(&ctx)?;
 
     let command = match ctx.plan.name {
         "full" => "cargo xtask bench".to_owned(),
@@ -177,6 +185,7 @@ pub fn run(opts: &Options) -> Result<()> {
         "kernel": kernel,
         "capacity": capacity,
         "churn": churn,
+        "wire": wire,
     });
     results["duration_s"] = json!(started.elapsed().as_secs_f64());
     results["targets"] = report::targets_json(&results);

@@ -56,11 +56,12 @@ const MIN_BPF_RUSTC_MINOR: u32 = 96;
 const PIP_PACKAGES: &[&str] = &[
     "opentelemetry-sdk==1.45.2",
     "opentelemetry-exporter-otlp-proto-http==1.45.2",
+    "opentelemetry-exporter-otlp-proto-grpc==1.45.2",
     "grpcio==1.85.3",
     "opentelemetry-instrumentation-grpc==0.66b2",
 ];
 const PIP_IMPORT_CHECK: &str = "import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http, \
-     grpc, opentelemetry.instrumentation.grpc";
+     opentelemetry.exporter.otlp.proto.grpc, grpc, opentelemetry.instrumentation.grpc";
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Mode {

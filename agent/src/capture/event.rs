@@ -44,6 +44,11 @@ impl CapturedEvent {
         self.flags & flags::H2 != 0
     }
 
+    /// A chunk of an export connection's stream (its `total_len` is its offset in the stream).
+    pub fn export_stream(&self) -> bool {
+        self.flags & flags::EXPORT_STREAM != 0
+    }
+
     /// An earlier event of this HTTP/2 connection was lost in the kernel.
     pub fn h2_gap(&self) -> bool {
         self.flags & flags::H2_GAP != 0

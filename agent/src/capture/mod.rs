@@ -6,8 +6,10 @@ pub mod offsets;
 pub mod uprobe;
 
 use agent_common::{
-    Counter, KernelOffsets, CAPTURE_CAP_MAX, GLOBAL_AGENT_TGID, GLOBAL_CAPTURE_CAP,
-    GLOBAL_KERNEL_OFFSETS, MAP_COUNTERS, MAP_EVENTS,
+    Counter, ExportConn, KernelOffsets, SocketKey, CAPTURE_CAP_MAX, EXPORT_PROCS_ENTRIES,
+    GLOBAL_AGENT_TGID, GLOBAL_CAPTURE_CAP, GLOBAL_EXPORT_MAX_BYTES, GLOBAL_KERNEL_OFFSETS,
+    GLOBAL_RECEIVER_PORTS, MAP_COUNTERS, MAP_EVENTS, MAP_EXPORT_CONNS, MAP_EXPORT_KEEP,
+    MAP_EXPORT_PROCS,
 };
 use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
@@ -21,6 +23,9 @@ pub use self::event::{
 };
 use self::uprobe::{TlsError, TlsProbes};
 use crate::model::KernelCounters;
+
+/// `BPF_NOEXIST` (uapi/linux/bpf.h): a map update that only inserts.
+const BPF_NOEXIST: u64 = 1;
 
 /// The eBPF object built by agent/build.rs (empty when the host had no eBPF toolchain).
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("TRACEGAP_BPF_OBJECT"));
@@ -72,6 +77,22 @@ pub enum CaptureError {
     Tls(#[source] TlsError),
 }
 
+/// What the kernel side is loaded with.
+#[derive(Clone, Copy, Debug)]
+pub struct CaptureConfig {
+    /// Request bytes captured per syscall (`--capture-bytes`).
+    pub capture_bytes: u32,
+    /// Ring buffer size (`--ring-buffer-bytes`).
+    pub ring_bytes: u32,
+    /// TLS uprobes (`--tls`).
+    pub tls: bool,
+    /// Bytes of one send of an export connection read at most; 0: no wire intake.
+    pub export_max_bytes: u32,
+    /// The agent's own receiver ports (gRPC, HTTP; 0 when off or read off the wire too):
+    /// exports to them are the receiver's.
+    pub receiver_ports: (u16, u16),
+}
+
 pub struct Capture {
     /// Keeps programs and links alive; dropped last.
     ebpf: Ebpf,
@@ -93,7 +114,14 @@ const COALESCE: std::time::Duration = std::time::Duration::from_millis(10);
 
 impl Capture {
     /// Loads the programs with the agent's own pid excluded and attaches them all.
-    pub fn start(capture_bytes: u32, ring_bytes: u32, tls: bool) -> Result<Self, CaptureError> {
+    pub fn start(config: &CaptureConfig) -> Result<Self, CaptureError> {
+        let CaptureConfig {
+            capture_bytes,
+            ring_bytes,
+            tls,
+            export_max_bytes,
+            receiver_ports,
+        } = *config;
         if BPF_OBJECT.is_empty() {
             return Err(CaptureError::NoObject);
         }
@@ -115,6 +143,12 @@ impl Capture {
             .override_global(GLOBAL_AGENT_TGID, &own_tgid, true)
             .override_global(GLOBAL_CAPTURE_CAP, &cap, true)
             .override_global(GLOBAL_KERNEL_OFFSETS, &kernel_offsets, true)
+            .override_global(GLOBAL_EXPORT_MAX_BYTES, &export_max_bytes, true)
+            .override_global(
+                GLOBAL_RECEIVER_PORTS,
+                &(u32::from(receiver_ports.0) << 16 | u32::from(receiver_ports.1)),
+                true,
+            )
             .map_max_entries(MAP_EVENTS, ring_bytes)
             .load(BPF_OBJECT)
             .map_err(CaptureError::Load)?;
@@ -205,6 +239,49 @@ impl Capture {
 
     pub fn attached(&self) -> usize {
         self.attached
+    }
+
+    /// Reads export connection `key` whole from its next send on (the agent found it carries
+    /// trace exports; the kernel marks the ones it recognises itself).
+    pub fn mark_export(&mut self, key: SocketKey, tls: bool, h2: bool) {
+        // Kept: a connection on probation stays marked when its probation ends.
+        let kept = self
+            .ebpf
+            .map_mut(MAP_EXPORT_KEEP)
+            .and_then(|m| aya::maps::HashMap::<_, SocketKey, u8>::try_from(m).ok())
+            .map(|mut m| m.insert(key, 1, 0));
+        // Marked, unless it is already (on probation): its stream offset then goes on.
+        let conn = ExportConn {
+            offset: 0,
+            probation_left: 0,
+            tls: u8::from(tls),
+            lost: 0,
+            h2: u8::from(h2),
+            _pad0: [0],
+        };
+        let marked = self
+            .ebpf
+            .map_mut(MAP_EXPORT_CONNS)
+            .and_then(|m| aya::maps::HashMap::<_, SocketKey, ExportConn>::try_from(m).ok())
+            .map(|mut m| match m.insert(key, conn, BPF_NOEXIST) {
+                Err(aya::maps::MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::EEXIST) =>
+                {
+                    Ok(())
+                }
+                other => other,
+            });
+        let hinted = self
+            .ebpf
+            .map_mut(MAP_EXPORT_PROCS)
+            .and_then(|m| aya::maps::Array::<_, u32>::try_from(m).ok())
+            .map(|mut m| m.set(key.tgid & (EXPORT_PROCS_ENTRIES - 1), key.tgid, 0));
+        if !matches!(
+            (kept, marked, hinted),
+            (Some(Ok(())), Some(Ok(())), Some(Ok(())))
+        ) {
+            log::debug!("could not mark {key:?} as an export connection");
+        }
     }
 
     /// Go executables not probed: built before Go's register ABI.

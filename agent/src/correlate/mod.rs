@@ -170,6 +170,7 @@ impl Correlator {
             return;
         };
         self.instrumentation.saw_exporter(pid);
+        self.stats_of(pid).spans_exported += batch.spans.len() as u64;
         let spans: Vec<ExportedSpan> = batch
             .spans
             .iter()

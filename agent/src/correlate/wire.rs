@@ -71,6 +71,8 @@ pub struct ProcessStats {
     outbound: [u64; Propagation::ALL.len()],
     pub inbound: u64,
     pub telemetry_exports: u64,
+    /// Spans the process exported that reached the span rules (receiver or wire).
+    pub spans_exported: u64,
     pub last_seen: Option<SystemTime>,
 }
 

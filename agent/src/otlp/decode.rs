@@ -13,14 +13,14 @@ use super::SpanRecord;
 
 /// The body format of an OTLP/HTTP request (gRPC is always protobuf).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Format {
+pub enum Format {
     Protobuf,
     Json,
 }
 
 impl Format {
     /// From a `Content-Type` value; parameters (`; charset=utf-8`) are ignored.
-    pub(crate) fn from_content_type(value: &str) -> Option<Self> {
+    pub fn from_content_type(value: &str) -> Option<Self> {
         let media = value.split(';').next().unwrap_or_default().trim();
         if media.eq_ignore_ascii_case("application/x-protobuf") {
             Some(Self::Protobuf)
@@ -303,4 +303,42 @@ mod tests {
         assert_eq!(gunzip_limited(&gz, 9_999), Err(GunzipError::TooLarge));
         assert_eq!(gunzip_limited(b"not gzip", 100), Err(GunzipError::Corrupt));
     }
+}
+
+/// One resource's spans of an export read off the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodedResource {
+    pub service_name: Option<String>,
+    pub spans: Vec<SpanRecord>,
+}
+
+/// An export message read off the wire (agent/src/parse/export): bounded gunzip when `gzip`,
+/// decode, span records by resource. Spans with invalid ids are left out.
+pub fn decode_export(
+    body: &[u8],
+    format: Format,
+    gzip: bool,
+    max_bytes: usize,
+) -> Result<Vec<DecodedResource>, BodyError> {
+    let plain;
+    let body = if gzip {
+        plain = gunzip_limited(body, max_bytes).map_err(|e| match e {
+            GunzipError::TooLarge => BodyError::TooLarge,
+            GunzipError::Corrupt => BodyError::Corrupt,
+        })?;
+        &plain[..]
+    } else {
+        body
+    };
+    if body.len() > max_bytes {
+        return Err(BodyError::TooLarge);
+    }
+    let req = decode_traces(body, format).map_err(|_| BodyError::Invalid)?;
+    Ok(resource_batches(req)
+        .into_iter()
+        .map(|b| DecodedResource {
+            service_name: b.service_name,
+            spans: b.spans,
+        })
+        .collect())
 }

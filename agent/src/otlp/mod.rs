@@ -33,7 +33,9 @@ use std::{
 };
 
 use crate::model::otlp;
-pub use decode::{decode_trace_body, BodyError};
+pub use decode::{
+    decode_export, decode_trace_body, BodyError, DecodedResource, Format as BodyFormat,
+};
 use tokio::{
     net::TcpListener,
     sync::{mpsc, watch},
@@ -62,6 +64,8 @@ pub enum Attribution {
     /// The socket could not be resolved (another network namespace, process gone, no
     /// permission); the pid is the resource's `process.pid` attribute, which the process claims.
     ResourceAttribute,
+    /// Read off the wire as it left the process (agent/src/parse/export): the sender is known.
+    Wire,
     Unknown,
 }
 

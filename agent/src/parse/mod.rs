@@ -4,18 +4,20 @@
 //! Only trace-context header values, the method and the path (without query or fragment)
 //! leave this stage: every other header value is dropped here, at parse time.
 
+pub mod export;
 pub mod h2;
 pub mod http1;
 pub mod trace_context;
 
 use self::{
+    export::{ExportConnection, ExportCounters, ExportStreams, WireExport},
     h2::{Chunk, ConnKey, H2Connections, H2Event},
     http1::parse_request,
     trace_context::{is_trace_header, TraceHeaders},
 };
 use crate::{
     capture::CapturedEvent,
-    model::{otlp, Protocol, HTTP2_PREFACE},
+    model::{otlp, Direction, Protocol, HTTP2_PREFACE},
 };
 
 /// One request: an HTTP/1 request head, or the header block opening an HTTP/2 stream.
@@ -34,6 +36,13 @@ impl Request {
     /// An OTLP export request: `POST /v1/traces` and friends, or a call to an OTLP gRPC service.
     pub fn is_telemetry(&self) -> bool {
         otlp::is_export(&self.method, &self.path, self.protocol)
+    }
+
+    /// An OTLP/HTTP trace export (`POST …/v1/traces`, any path prefix).
+    pub fn is_http1_trace_export(&self) -> bool {
+        self.protocol == Protocol::Http1
+            && self.method == "POST"
+            && self.path.ends_with(otlp::Signal::Traces.http_path())
     }
 }
 
@@ -57,6 +66,10 @@ pub struct Parsed {
     /// The event starts an HTTP/2 connection (its client preface).
     pub preface: bool,
     pub requests: Vec<Request>,
+    /// Trace exports read off the wire, whole.
+    pub exports: Vec<WireExport>,
+    /// An HTTP/2 connection found to carry trace exports: the kernel should read it whole.
+    pub export_connection: Option<ExportConnection>,
 }
 
 /// Counts of what this stage could not turn into requests.
@@ -71,20 +84,54 @@ pub struct ParseCounters {
     pub h2_lost_sync: u64,
 }
 
-/// The parse stage: stateless for HTTP/1, one HPACK decoder per HTTP/2 connection.
-#[derive(Default)]
+/// The parse stage: stateless for HTTP/1, one HPACK decoder per HTTP/2 connection, and the
+/// export connections' streams.
 pub struct Parser {
     h2: H2Connections,
+    exports: ExportStreams,
     pub counters: ParseCounters,
 }
 
 impl Parser {
+    /// `export_max_bytes`: the largest export message read off the wire.
+    pub fn new(export_max_bytes: usize) -> Self {
+        Self {
+            h2: H2Connections::default(),
+            exports: ExportStreams::new(export_max_bytes),
+            counters: ParseCounters::default(),
+        }
+    }
+
+    /// The wire intake's counts.
+    pub fn export_counters(&self) -> &ExportCounters {
+        &self.exports.counters
+    }
+
     pub fn parse(&mut self, event: &CapturedEvent) -> Parsed {
         let preface = event.data.starts_with(HTTP2_PREFACE);
         let mut parsed = Parsed {
             preface,
-            requests: Vec::new(),
+            ..Parsed::default()
         };
+        if event.export_stream() {
+            let key = ConnKey {
+                pid: event.pid,
+                fd: event.fd,
+                tls: event.tls(),
+            };
+            let h2 = &mut self.h2;
+            let found = self.exports.feed(
+                event,
+                || h2.take(key),
+                &mut parsed.requests,
+                &mut parsed.exports,
+            );
+            if found {
+                parsed.export_connection = Some(ExportConnection { key, h2: true });
+            }
+            self.count_export_h2();
+            return parsed;
+        }
         if event.h2() || preface {
             let key = ConnKey {
                 pid: event.pid,
@@ -97,26 +144,77 @@ impl Parser {
                 preface,
                 gap: event.h2_gap(),
             };
-            for h2_event in self.h2.feed(key, chunk, is_trace_header) {
+            if preface {
+                // A new connection on the fd of one read there.
+                self.exports.forget(&key);
+            } else if let Some(stream) = self.exports.release_unexporting(&key) {
+                // Its probation ended: no exports on it.
+                self.h2.restore(key, stream);
+            } else if self.exports.follows_h2(&key) {
+                self.exports
+                    .feed_captured(key, event, &mut parsed.requests, &mut parsed.exports);
+                self.count_export_h2();
+                return parsed;
+            }
+            let events = self.h2.feed(key, chunk, is_trace_header);
+            for h2_event in &events {
                 match h2_event {
-                    H2Event::Request(r) => parsed.requests.push(Request {
-                        protocol: if r.is_grpc() {
-                            Protocol::Grpc
-                        } else {
-                            Protocol::H2
-                        },
-                        method: r.method,
-                        path: r.path,
-                        trace: TraceHeaders { headers: r.headers },
-                        complete: true,
-                    }),
                     H2Event::Undetermined { .. } => self.counters.h2_undetermined += 1,
                     H2Event::LostSync(_) => self.counters.h2_lost_sync += 1,
+                    _ => {}
+                }
+            }
+            let exporting = events
+                .iter()
+                .any(|e| matches!(e, H2Event::Request(r) if r.is_trace_export()));
+            if let Some(stream) = exporting.then(|| self.h2.take(key)).flatten() {
+                // The kernel reads export connections to the OTLP/gRPC port whole from their
+                // preface; this one goes elsewhere. Its exports are read here, and from its
+                // next sends on (once the kernel is told) whole.
+                parsed.export_connection = Some(ExportConnection { key, h2: true });
+                self.exports.adopt(
+                    key,
+                    stream,
+                    events,
+                    event,
+                    &mut parsed.requests,
+                    &mut parsed.exports,
+                );
+                self.count_export_h2();
+                return parsed;
+            }
+            for h2_event in events {
+                match h2_event {
+                    H2Event::Request(r) => parsed.requests.push(h2_request(r)),
+                    // Counted above; DATA is delivered for export calls only, adopted above.
+                    H2Event::Undetermined { .. }
+                    | H2Event::LostSync(_)
+                    | H2Event::Data { .. }
+                    | H2Event::DataLost { .. } => {}
                 }
             }
             return parsed;
         }
+        let key = ConnKey {
+            pid: event.pid,
+            fd: event.fd,
+            tls: event.tls(),
+        };
+        let outbound = event.direction == Direction::Outbound;
+        if outbound && self.exports.follows_http1(&key) {
+            self.exports
+                .feed_captured(key, event, &mut parsed.requests, &mut parsed.exports);
+            return parsed;
+        }
         match parse_request(&event.data) {
+            Ok(req) if outbound && req.is_http1_trace_export() && self.exports.enabled() => {
+                // An export to a path the kernel does not know (a prefix before /v1/traces):
+                // read from this capture (whole if the send was), and whole from the next
+                // send on, once the kernel is told.
+                parsed.export_connection = Some(ExportConnection { key, h2: false });
+                self.exports
+                    .adopt_http1(key, event, &mut parsed.requests, &mut parsed.exports);
+            }
             Ok(req) => parsed.requests.push(req),
             Err(_) => self.counters.parse_failures += 1,
         }
@@ -133,9 +231,32 @@ impl Parser {
         self.h2.len()
     }
 
+    /// Counts the HTTP/2 losses of the connections the export stage decodes with the others.
+    fn count_export_h2(&mut self) {
+        let (undetermined, lost_sync) = self.exports.take_h2_counts();
+        self.counters.h2_undetermined += undetermined;
+        self.counters.h2_lost_sync += lost_sync;
+    }
+
     /// Forgets the connections of processes that exited.
     pub fn retain(&mut self, alive: impl Fn(u32) -> bool) {
-        self.h2.retain(alive);
+        self.h2.retain(&alive);
+        self.exports.retain(alive);
+    }
+}
+
+/// An HTTP/2 request as a [`Request`].
+fn h2_request(r: h2::H2Request) -> Request {
+    Request {
+        protocol: if r.is_grpc() {
+            Protocol::Grpc
+        } else {
+            Protocol::H2
+        },
+        method: r.method,
+        path: r.path,
+        trace: TraceHeaders { headers: r.headers },
+        complete: true,
     }
 }
 

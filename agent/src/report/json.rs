@@ -40,12 +40,13 @@ pub fn finding(f: &Finding) -> Value {
     })
 }
 
-/// One line per process with outbound requests: how much of its traffic carries W3C context.
+/// One line per process with outbound requests or exported spans: how much of its traffic
+/// carries W3C context, and how many of its spans reached the span rules.
 pub fn coverage(snapshot: &Snapshot) -> Vec<Value> {
     snapshot
         .processes
         .iter()
-        .filter(|p| p.stats.outbound() > 0)
+        .filter(|p| p.stats.outbound() > 0 || p.stats.spans_exported > 0)
         .map(coverage_line)
         .collect()
 }
@@ -64,6 +65,7 @@ fn coverage_line(p: &ProcessRow) -> Value {
         "malformed": s.outbound_with(Propagation::Malformed),
         "undetermined": s.outbound_with(Propagation::Undetermined),
         "coverage_percent": s.coverage_percent(),
+        "spans_exported": s.spans_exported,
     })
 }
 

@@ -35,6 +35,29 @@ pub fn agent(extra: &[&str]) -> Agent {
     Agent::start(&args)
 }
 
+/// A Collector (the Jaeger binary with tests/go/collector.yaml) on loopback, forwarding to
+/// `jaeger`: the shop exports there, not to the agent.
+pub fn collector(jaeger: &Jaeger) -> (ChildGuard, Export) {
+    let (grpc, http) = (free_port(), free_port());
+    let guard = ChildGuard::spawn(
+        Command::new(go_bin("jaeger"))
+            .arg("--config")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/go/collector.yaml"))
+            .env("COLLECTOR_OTLP_GRPC_PORT", grpc.to_string())
+            .env("COLLECTOR_OTLP_HTTP_PORT", http.to_string())
+            .env("JAEGER_OTLP_GRPC_PORT", jaeger.otlp_grpc.port().to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null()),
+    );
+    let export = Export {
+        http: SocketAddr::from(([127, 0, 0, 1], http)),
+        grpc: SocketAddr::from(([127, 0, 0, 1], grpc)),
+    };
+    wait_listening(export.http, Duration::from_secs(20));
+    wait_listening(export.grpc, Duration::from_secs(20));
+    (guard, export)
+}
+
 /// Where the shop's SDKs send their spans.
 #[derive(Clone, Copy)]
 pub struct Export {

@@ -22,6 +22,7 @@ pub const KINDS: &[(&str, bool)] = &[
     ("read64", false),
     ("sendto-other", false),
     ("sendto-http", true),
+    ("sendto-post", true),
     ("tls-other", false),
     ("tls-http", true),
     ("spawn", false),
@@ -38,7 +39,7 @@ pub fn is_tls(kind: &str) -> bool {
 const CAPTURE_BURST: u64 = 10_000;
 const CAPTURE_PAUSE_MS: u64 = 15;
 
-fn loop_ns(ctx: &Ctx, kind: &str, captured: bool) -> Result<f64> {
+pub fn loop_ns(ctx: &Ctx, kind: &str, captured: bool) -> Result<f64> {
     let mut cmd = if is_tls(kind) {
         let mut cmd = Command::new("python3");
         cmd.arg(concat!(

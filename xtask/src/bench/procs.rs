@@ -111,10 +111,17 @@ impl AgentReport {
     }
     /// Outbound requests the agent attributed to `pid`.
     pub fn requests_of(&self, pid: u64) -> u64 {
+        self.coverage_field(pid, "requests")
+    }
+    /// Spans of `pid`'s exports that reached the span rules.
+    pub fn spans_exported_of(&self, pid: u64) -> u64 {
+        self.coverage_field(pid, "spans_exported")
+    }
+    fn coverage_field(&self, pid: u64, field: &str) -> u64 {
         self.coverage
             .iter()
             .filter(|c| c["pid"].as_u64() == Some(pid))
-            .filter_map(|c| c["requests"].as_u64())
+            .filter_map(|c| c[field].as_u64())
             .max()
             .unwrap_or(0)
     }
@@ -123,6 +130,11 @@ impl AgentReport {
 impl Agent {
     /// Starts the agent and waits until its programs are attached.
     pub fn start(bin: &Path, out: &Path) -> Result<Self> {
+        Self::start_with(bin, out, &[])
+    }
+
+    /// [`Agent::start`] with more options.
+    pub fn start_with(bin: &Path, out: &Path, extra: &[&str]) -> Result<Self> {
         let file = fs::File::create(out).with_context(|| format!("create {}", out.display()))?;
         let mut child = Command::new(bin)
             .args([
@@ -133,6 +145,7 @@ impl Agent {
                 "--otlp-http-listen",
                 "off",
             ])
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(file)

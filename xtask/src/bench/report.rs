@@ -23,6 +23,7 @@ fn rows(r: &Value) -> Vec<Row> {
     let k = &r["kernel"]["kinds"];
     let c = &r["capacity"];
     let ch = &r["churn"];
+    let w = &r["wire"];
     let mut rows = Vec::new();
     let mut push = |metric: String, value: Option<f64>, unit, target, met: Option<bool>| {
         rows.push(Row {
@@ -207,6 +208,26 @@ fn rows(r: &Value) -> Vec<Row> {
         "≤ 48",
         num(&ch["rss_after_processes_mib"]).map(|x| x <= 48.0),
     );
+    push(
+        format!(
+            "agent CPU added per exported span read off the wire ({}-span OTLP/HTTP exports)",
+            w["spans_per_export"]
+        ),
+        num(&w["agent_ns_per_span_added"]),
+        "ns",
+        "",
+        None,
+    );
+    for (kind, v) in w["other_requests"].as_object().into_iter().flatten() {
+        let ratio = num(&v["ratio"]);
+        push(
+            format!("`{kind}` (not an export): time with the wire intake on / off"),
+            ratio,
+            "×",
+            "≤ 1.05",
+            ratio.map(|x| x <= 1.05),
+        );
+    }
     rows
 }
 

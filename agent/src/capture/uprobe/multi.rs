@@ -10,7 +10,10 @@
 //! The kernel accepts a `BPF_TRACE_UPROBE_MULTI` link only for a program loaded with that
 //! expected attach type, and aya 0.14 loads uprobe programs without one. So the programs that
 //! need it are loaded here, from the same object with aya-obj's own relocations, against the
-//! maps aya already created: the programs share every map with the rest of the agent.
+//! maps aya already created: the programs share every map with the rest of the agent. The
+//! object's BTF is loaded too, with each program's function and line info: a program with
+//! `bpf_loop` callbacks (the capture paths) has several functions, and the kernel refuses such a
+//! program without its BTF function info ("missing btf func_info").
 
 use std::{
     collections::HashSet,
@@ -42,6 +45,10 @@ pub enum MultiError {
     },
     #[error("program {0} is missing from the eBPF object")]
     MissingProgram(String),
+    #[error("preparing the object's BTF: {0}")]
+    Btf(#[from] aya_obj::btf::BtfError),
+    #[error("the kernel refused the object's BTF: {0}")]
+    BtfLoad(std::io::Error),
     #[error("the kernel refused to load {program} as a uprobe_multi program: {source}\n{log}")]
     Load {
         program: String,
@@ -73,6 +80,13 @@ pub struct MultiLink {
 /// Loads `names` from `object` (the bytes aya loaded `ebpf` from) for `uprobe_multi` links.
 pub fn load(ebpf: &Ebpf, object: &[u8], names: &[&str]) -> Result<Vec<MultiProgram>, MultiError> {
     let mut obj = aya_obj::Object::parse(object)?;
+    // The kernels this runs on (≥ 6.6 for uprobe_multi) have every BTF feature.
+    let features = aya_obj::btf::BtfFeatures::new(true, true, true, true, true, true, true, true);
+    let btf = obj
+        .fixup_and_sanitize_btf(&features)?
+        .map(|btf| load_btf(&btf.to_bytes()))
+        .transpose()
+        .map_err(MultiError::BtfLoad)?;
     // The definitions only give each map's section and symbol; the fds are aya's.
     let definitions: Vec<(String, aya_obj::Map)> = obj
         .maps
@@ -105,7 +119,7 @@ pub fn load(ebpf: &Ebpf, object: &[u8], names: &[&str]) -> Result<Vec<MultiProgr
                 .functions
                 .get(&program.function_key())
                 .ok_or_else(|| MultiError::MissingProgram((*name).to_owned()))?;
-            load_program(name, &function.instructions, &program.license)
+            load_program(name, function, &program.license, btf.as_ref())
         })
         .collect()
 }
@@ -142,8 +156,39 @@ struct ProgLoadAttr {
     prog_name: [u8; 16],
     prog_ifindex: u32,
     expected_attach_type: u32,
+    prog_btf_fd: u32,
+    func_info_rec_size: u32,
+    func_info: u64,
+    func_info_cnt: u32,
+    line_info_rec_size: u32,
+    line_info: u64,
+    line_info_cnt: u32,
+    _pad0: u32,
 }
-const _: () = assert!(std::mem::size_of::<ProgLoadAttr>() == 72);
+const _: () = assert!(std::mem::size_of::<ProgLoadAttr>() == 112);
+
+/// `union bpf_attr` for `BPF_BTF_LOAD`.
+#[repr(C)]
+#[derive(Default)]
+struct BtfLoadAttr {
+    btf: u64,
+    btf_log_buf: u64,
+    btf_size: u32,
+    btf_log_size: u32,
+    btf_log_level: u32,
+    _pad0: u32,
+}
+const _: () = assert!(std::mem::size_of::<BtfLoadAttr>() == 32);
+
+/// Loads BTF into the kernel; its fd.
+fn load_btf(btf: &[u8]) -> std::io::Result<OwnedFd> {
+    let mut attr = BtfLoadAttr {
+        btf: btf.as_ptr() as u64,
+        btf_size: u32::try_from(btf.len()).map_err(std::io::Error::other)?,
+        ..BtfLoadAttr::default()
+    };
+    bpf(bpf_cmd::BPF_BTF_LOAD, &mut attr)
+}
 
 /// `union bpf_attr` for `BPF_LINK_CREATE` with the `uprobe_multi` member.
 #[repr(C)]
@@ -185,9 +230,13 @@ fn bpf<T>(cmd: bpf_cmd, attr: &mut T) -> std::io::Result<OwnedFd> {
 
 fn load_program(
     name: &str,
-    insns: &[bpf_insn],
+    function: &aya_obj::Function,
     license: &CString,
+    btf: Option<&OwnedFd>,
 ) -> Result<MultiProgram, MultiError> {
+    let insns: &[bpf_insn] = &function.instructions;
+    let func_info = &function.func_info.func_info;
+    let line_info = &function.line_info.line_info;
     let mut attr = ProgLoadAttr {
         prog_type: BPF_PROG_TYPE_KPROBE as u32,
         insn_cnt: u32::try_from(insns.len()).unwrap_or(u32::MAX),
@@ -196,6 +245,19 @@ fn load_program(
         expected_attach_type: BPF_TRACE_UPROBE_MULTI as u32,
         ..ProgLoadAttr::default()
     };
+    if let Some(btf) = btf {
+        attr.prog_btf_fd = btf.as_raw_fd() as u32;
+        if !func_info.is_empty() {
+            attr.func_info_rec_size = function.func_info_rec_size as u32;
+            attr.func_info = func_info.as_ptr() as u64;
+            attr.func_info_cnt = func_info.len() as u32;
+        }
+        if !line_info.is_empty() {
+            attr.line_info_rec_size = function.line_info_rec_size as u32;
+            attr.line_info = line_info.as_ptr() as u64;
+            attr.line_info_cnt = line_info.len() as u32;
+        }
+    }
     // The kernel keeps 15 characters of the name, as for aya's programs.
     for (dst, src) in attr.prog_name.iter_mut().zip(name.bytes().take(15)) {
         *dst = src;

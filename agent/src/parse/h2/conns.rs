@@ -69,6 +69,19 @@ impl H2Connections {
         self.streams.len()
     }
 
+    /// Takes a connection's decoder out (it became an export connection, read whole from now
+    /// on: its decoder goes on with the HPACK table it has).
+    pub fn take(&mut self, key: ConnKey) -> Option<RequestStream> {
+        let stream = self.streams.remove(&key)?;
+        self.order.retain(|k| *k != key);
+        Some(stream)
+    }
+
+    /// Gives a connection its decoder back (see [`H2Connections::take`]).
+    pub fn restore(&mut self, key: ConnKey, stream: RequestStream) {
+        self.insert(key, stream);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.streams.is_empty()
     }

@@ -1,7 +1,7 @@
 //! What is copied out of a request header block while it is decoded: `:method`, `:path`
 //! (without query or fragment), `content-type`, and the header values the caller may keep.
 
-use crate::parse::strip_path;
+use crate::{model::otlp::Signal, parse::strip_path};
 
 /// Kept headers per request; a block cannot hold many more trace headers than this legitimately.
 pub const MAX_KEPT_HEADERS: usize = 32;
@@ -22,6 +22,8 @@ pub struct H2Request {
     /// `:path` without query string or fragment (they may hold tokens).
     pub path: String,
     pub content_type: Option<String>,
+    /// `grpc-encoding`: how the call's compressed messages are compressed (`gzip`).
+    pub grpc_encoding: Option<String>,
     /// Lowercase names accepted by `keep`, with their values, in block order.
     pub headers: Vec<(String, String)>,
     /// A `grpc-trace-bin` header (OpenCensus binary context) was present; its value is not kept.
@@ -30,6 +32,11 @@ pub struct H2Request {
 
 impl H2Request {
     /// A gRPC call (`application/grpc`, `application/grpc+proto`, ...).
+    /// A gRPC call to the OTLP trace service.
+    pub fn is_trace_export(&self) -> bool {
+        self.method == "POST" && self.path == Signal::Traces.grpc_path()
+    }
+
     pub fn is_grpc(&self) -> bool {
         self.content_type
             .as_deref()
@@ -50,6 +57,7 @@ pub(super) struct Fields {
     method: Option<String>,
     path: Option<String>,
     content_type: Option<String>,
+    grpc_encoding: Option<String>,
     headers: Vec<(String, String)>,
     grpc_trace_bin: bool,
 }
@@ -64,6 +72,7 @@ impl Fields {
             ":method" => self.method = Some(text()),
             ":path" => self.path = Some(strip_path(&String::from_utf8_lossy(value))),
             "content-type" => self.content_type = Some(text()),
+            "grpc-encoding" => self.grpc_encoding = Some(text()),
             "grpc-trace-bin" => self.grpc_trace_bin = true,
             n if NEVER_KEPT.contains(&n) => {}
             n if keep(n) && self.headers.len() < MAX_KEPT_HEADERS => {
@@ -80,6 +89,7 @@ impl Fields {
             // CONNECT has no :path.
             path: self.path.unwrap_or_default(),
             content_type: self.content_type,
+            grpc_encoding: self.grpc_encoding,
             headers: self.headers,
             grpc_trace_bin: self.grpc_trace_bin,
         })

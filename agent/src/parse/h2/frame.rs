@@ -20,6 +20,7 @@ pub(super) const FLAG_PADDED: u8 = 0x8;
 pub(super) const FLAG_PRIORITY: u8 = 0x20;
 /// SETTINGS and PING use bit 0 as ACK; DATA and HEADERS as END_STREAM.
 pub(super) const FLAG_ACK: u8 = 0x1;
+pub(super) const FLAG_END_STREAM: u8 = 0x1;
 
 /// The fixed part of a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

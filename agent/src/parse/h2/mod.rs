@@ -34,7 +34,8 @@ pub use self::{
 use self::{
     fields::Fields,
     frame::{
-        starts_on_frame, strip_headers_payload, FrameHead, CONTINUATION, FLAG_END_HEADERS, HEADERS,
+        starts_on_frame, strip_headers_payload, FrameHead, CONTINUATION, DATA, FLAG_END_HEADERS,
+        FLAG_END_STREAM, FLAG_PADDED, HEADERS,
     },
 };
 use crate::model::HTTP2_PREFACE as PREFACE;
@@ -46,6 +47,9 @@ pub const MAX_HEADER_BLOCK: usize = 64 * 1024;
 /// is the server's SETTINGS_HEADER_TABLE_SIZE, which travels in the other direction; anything up
 /// to this is taken on trust so that a legal update never costs the stream.
 pub const MAX_TABLE_SIZE: usize = 64 * 1024;
+/// `TraceService/Export` calls of one connection whose DATA is collected at once (exporters
+/// make one at a time).
+const MAX_EXPORT_CALLS: usize = 16;
 
 /// Why a header block (or the rest of a stream) could not be decoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
@@ -86,6 +90,15 @@ pub enum H2Event {
     /// The stream became untrusted (emitted once, on the change). When the cause was a header
     /// block we could place, an `Undetermined` for it comes first.
     LostSync(Undetermined),
+    /// A piece of a DATA payload (only with [`RequestStream::deliver_data`]); the last piece of
+    /// a stream's last frame says `end_stream`.
+    Data {
+        stream_id: u32,
+        bytes: Vec<u8>,
+        end_stream: bool,
+    },
+    /// Bytes of a delivered DATA payload were not captured: the stream's body is incomplete.
+    DataLost { stream_id: u32 },
 }
 
 enum Phase {
@@ -100,6 +113,14 @@ enum Phase {
     Block { head: FrameHead, remaining: u32 },
     /// Inside any other payload; this many bytes left to skip.
     Skip(u32),
+    /// A DATA frame's pad length byte (PADDED), when DATA payloads are delivered.
+    DataPadLen { head: FrameHead },
+    /// Inside a DATA payload being delivered: this many bytes left, then `pad` bytes of padding.
+    Data {
+        head: FrameHead,
+        remaining: u32,
+        pad: u32,
+    },
     /// Frame boundaries unknown: waiting for a chunk that plausibly starts on one.
     Lost,
 }
@@ -131,6 +152,12 @@ pub struct RequestStream {
     trusted: bool,
     /// Highest client stream id seen: a HEADERS frame on a lower or equal id carries trailers.
     last_stream_id: u32,
+    /// DATA payloads are handed out as [`H2Event::Data`] (export connections), not skipped.
+    deliver_data: bool,
+    /// Streams of `TraceService/Export` calls, whose DATA is handed out on any connection: the
+    /// first export of a connection the kernel does not read whole yet (a short-lived process
+    /// may make no other) is taken from the ordinary capture when its sends were whole.
+    export_calls: Vec<u32>,
 }
 
 impl RequestStream {
@@ -154,7 +181,15 @@ impl RequestStream {
             pending: None,
             trusted,
             last_stream_id: 0,
+            deliver_data: false,
+            export_calls: Vec::new(),
         }
+    }
+
+    /// Hands DATA payloads out from now on ([`H2Event::Data`]), or not (then only those of
+    /// trace export calls).
+    pub fn deliver_data(&mut self, deliver: bool) {
+        self.deliver_data = deliver;
     }
 
     /// Header blocks are being decoded (nothing lost since the preface).
@@ -255,8 +290,61 @@ impl RequestStream {
                 }
                 n
             }
+            Phase::DataPadLen { head } => {
+                let head = *head;
+                let pad = u32::from(input.first().copied().unwrap_or_default());
+                let remaining = head.len.saturating_sub(1);
+                if pad > remaining {
+                    self.lose(Undetermined::Protocol, events);
+                    return 1;
+                }
+                self.phase = Phase::Data {
+                    head,
+                    remaining: remaining - pad,
+                    pad,
+                };
+                if remaining == pad {
+                    self.end_data(head, pad, events);
+                }
+                1
+            }
+            Phase::Data {
+                head,
+                remaining,
+                pad,
+            } => {
+                let (head, pad) = (*head, *pad);
+                let n = clamp(*remaining, input.len());
+                *remaining -= n as u32;
+                let done = *remaining == 0;
+                events.push(H2Event::Data {
+                    stream_id: head.stream_id,
+                    bytes: input.get(..n).unwrap_or_default().to_vec(),
+                    end_stream: false,
+                });
+                if done {
+                    self.end_data(head, pad, events);
+                }
+                n
+            }
             Phase::Lost => input.len(),
         }
+    }
+
+    /// A delivered DATA payload ended: its padding is skipped; END_STREAM is said.
+    fn end_data(&mut self, head: FrameHead, pad: u32, events: &mut Vec<H2Event>) {
+        if head.flags & FLAG_END_STREAM != 0 {
+            events.push(H2Event::Data {
+                stream_id: head.stream_id,
+                bytes: Vec::new(),
+                end_stream: true,
+            });
+        }
+        self.phase = if pad == 0 {
+            Phase::head()
+        } else {
+            Phase::Skip(pad)
+        };
     }
 
     fn start_frame(
@@ -290,6 +378,22 @@ impl RequestStream {
                     decode: self.trusted,
                     block: Vec::new(),
                 });
+            }
+            (DATA, None) if self.deliver_data || self.export_calls.contains(&head.stream_id) => {
+                if head.flags & FLAG_END_STREAM != 0 {
+                    self.export_calls.retain(|&id| id != head.stream_id);
+                }
+                self.phase = Phase::Data {
+                    head,
+                    remaining: head.len,
+                    pad: 0,
+                };
+                if head.flags & FLAG_PADDED != 0 && head.len > 0 {
+                    self.phase = Phase::DataPadLen { head };
+                } else if head.len == 0 {
+                    self.end_data(head, 0, events);
+                }
+                return;
             }
             _ => {
                 self.phase = if head.len == 0 {
@@ -356,7 +460,12 @@ impl RequestStream {
             return;
         }
         events.push(match fields.into_request(p.stream_id) {
-            Some(request) => H2Event::Request(request),
+            Some(request) => {
+                if request.is_trace_export() && self.export_calls.len() < MAX_EXPORT_CALLS {
+                    self.export_calls.push(request.stream_id);
+                }
+                H2Event::Request(request)
+            }
             None => H2Event::Undetermined {
                 stream_id: p.stream_id,
                 reason: Undetermined::Malformed,
@@ -412,10 +521,36 @@ impl RequestStream {
                     self.end_block_frame(head, &|_: &str| false, events);
                 }
             }
+            Phase::Data {
+                head,
+                remaining,
+                pad,
+            } if missing <= u64::from(*remaining) => {
+                let (head, pad) = (*head, *pad);
+                *remaining -= missing as u32;
+                let done = *remaining == 0;
+                events.push(H2Event::DataLost {
+                    stream_id: head.stream_id,
+                });
+                if done {
+                    self.end_data(head, pad, events);
+                }
+            }
             Phase::Lost => {}
             // The gap hides a frame header (or the preface).
             _ => self.lose(Undetermined::Truncated, events),
         }
+    }
+
+    /// `missing` bytes of the connection were lost between two chunks (an export stream's
+    /// gap): frames whose payload they were part of are followed past them, a frame header
+    /// among them loses the frame boundaries.
+    pub fn skip(&mut self, missing: u64) -> Vec<H2Event> {
+        let mut events = Vec::new();
+        if missing > 0 {
+            self.skip_missing(missing, &mut events);
+        }
+        events
     }
 }
 

@@ -522,6 +522,7 @@ fn grpc_content_types() {
         method: "POST".into(),
         path: "/x".into(),
         content_type: ct.map(Into::into),
+        grpc_encoding: None,
         headers: Vec::new(),
         grpc_trace_bin: false,
     };
