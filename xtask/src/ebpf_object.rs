@@ -307,13 +307,20 @@ pub fn build_command(tc: &toolchain::Toolchain, dirs: &BuildDirs<'_>) -> Command
     let mut remaps = vec![
         (dirs.root.to_path_buf(), "/tracegap"),
         (dirs.cargo_home.to_path_buf(), "/cargo"),
+        // Cargo names registry sources by their real path: a symlinked registry or git dir.
+        (dirs.cargo_home.join("registry"), "/cargo/registry"),
+        (dirs.cargo_home.join("git"), "/cargo/git"),
         (dirs.target_dir.to_path_buf(), "/target"),
     ];
     if tc.compiler.route == toolchain::Route::RustupNightly {
         remaps.push((tc.compiler.sysroot.clone(), "/rustc-sysroot"));
     }
     for (from, to) in remaps {
-        rustflags.push(format!("--remap-path-prefix={}={to}", from.display()));
+        // The path as given and, if it differs (a symlink on the way), as it really is.
+        let real = fs::canonicalize(&from).ok().filter(|real| *real != from);
+        for from in std::iter::once(from).chain(real) {
+            rustflags.push(format!("--remap-path-prefix={}={to}", from.display()));
+        }
     }
 
     let cargo = tc
