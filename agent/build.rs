@@ -35,10 +35,20 @@ use ebpf_object::{toolchain, Manifest};
 
 const REQUIRE_ENV: &str = "TRACEGAP_REQUIRE_EBPF";
 
-fn main() -> Result<()> {
-    if env::var_os(ebpf_object::WRAPPER_ENV).is_some() {
-        return ebpf_object::wrap_rustc();
+fn main() {
+    let outcome = if env::var_os(ebpf_object::WRAPPER_ENV).is_some() {
+        ebpf_object::wrap_rustc()
+    } else {
+        run()
+    };
+    if let Err(e) = outcome {
+        // Plainly, once: cargo shows this under "failed to run custom build command".
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
     }
+}
+
+fn run() -> Result<()> {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
     let root = manifest_dir
         .parent()

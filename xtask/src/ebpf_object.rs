@@ -246,8 +246,9 @@ pub fn fresh_prebuilt(root: &Path, sources_sha256: &str) -> Result<(Manifest, Pa
     }
     if manifest.sources_sha256 != sources_sha256 {
         return Err(format!(
-            "the sources changed since it was built (sources hash {} recorded, {sources_sha256} now)",
-            short(&manifest.sources_sha256)
+            "the sources changed since it was built (sources hash {} recorded, {} now)",
+            short(&manifest.sources_sha256),
+            short(sources_sha256)
         ));
     }
     Ok((manifest, object))

@@ -148,7 +148,7 @@ fn run_with(scope: Scope, mode: Mode, rebuild: bool) -> Result<()> {
     match plan {
         BpfPlan::Use(route) if mode == Mode::Verbose => {
             eprintln!(
-                "setup: the eBPF object is built with the {} route",
+                "setup: using the {} route: the agent's build builds the eBPF object from source",
                 route.name()
             );
         }
@@ -190,7 +190,7 @@ fn run_with(scope: Scope, mode: Mode, rebuild: bool) -> Result<()> {
     if missing_packages.is_empty() && bpf_rustc_ok && linker_ok && pip_ok {
         if mode == Mode::Verbose {
             eprintln!(
-                "setup ({scope:?}): everything present ({} apt packages{}) — checked in {:.2?}",
+                "setup ({scope:?}): nothing to install ({} apt packages checked{}) — in {:.2?}",
                 wanted.len(),
                 if scope.needs_python_sdk() {
                     ", Python test fixtures"
