@@ -15,7 +15,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tracegap_tests::{findings_of, require_root, run_client, show, Agent, HttpServer};
+use tracegap_tests::{
+    findings_of, require_root, run_client, show, Agent, HttpServer, RECEIVERS_OFF,
+};
 
 /// A directory removed on drop (and before use, if a previous run left it).
 struct RemoveOnDrop(PathBuf);
@@ -203,15 +205,9 @@ fn the_agent_builds_with_stable_rust_alone_and_captures() {
     let binary = target_dir.join("release/tracegap");
     let server = HttpServer::start(Duration::from_millis(200));
     let mut cmd = Command::new(&binary);
-    cmd.args([
-        "--output",
-        "json",
-        "--otlp-grpc-listen",
-        "off",
-        "--otlp-http-listen",
-        "off",
-    ])
-    .env("RUST_LOG", "info");
+    cmd.args(["--output", "json"])
+        .args(RECEIVERS_OFF)
+        .env("RUST_LOG", "info");
     let agent = Agent::start_command_within(cmd, Duration::from_secs(30), false);
     let client = run_client(Command::new("python3").args([
         "-c",
