@@ -58,10 +58,13 @@ fn run() -> Result<()> {
 
     println!("cargo:rerun-if-env-changed={REQUIRE_ENV}");
     println!("cargo:rerun-if-env-changed={}", toolchain::RUSTC_ENV);
-    let watched = ebpf_object::INPUTS
-        .iter()
-        .chain(&[ebpf_object::PREBUILT_OBJECT, ebpf_object::PREBUILT_MANIFEST]);
-    for path in watched {
+    // The prebuilt directory, not its files: a file created there later (the first
+    // `cargo xtask prebuilt`) must rerun this script too.
+    let prebuilt_dir = Path::new(ebpf_object::PREBUILT_OBJECT)
+        .parent()
+        .and_then(Path::to_str)
+        .unwrap_or(ebpf_object::PREBUILT_OBJECT);
+    for path in ebpf_object::INPUTS.iter().chain(&[prebuilt_dir]) {
         // A path that does not exist would make cargo rerun this script on every build.
         if root.join(path).exists() {
             println!("cargo:rerun-if-changed={}", root.join(path).display());
@@ -86,8 +89,8 @@ fn run() -> Result<()> {
         let (object, manifest) = build_from_source(&tc, &root, &out_dir, &sources)?;
         if let Err(why) = &prebuilt {
             println!(
-                "cargo:warning=built the eBPF object from source; the committed one is stale \
-                 ({why}): {refresh}"
+                "cargo:warning=built the eBPF object from source; the committed one does not \
+                 match it ({why}): {refresh}"
             );
         }
         (object, manifest, ebpf_object::ORIGIN_SOURCE)

@@ -234,7 +234,11 @@ impl Manifest {
 /// The committed object, if its manifest says it was built from `sources_sha256` and the
 /// object's bytes are the ones the manifest names; else why not.
 pub fn fresh_prebuilt(root: &Path, sources_sha256: &str) -> Result<(Manifest, PathBuf), String> {
-    let manifest = Manifest::read(&root.join(PREBUILT_MANIFEST)).map_err(|e| format!("{e:#}"))?;
+    let manifest_path = root.join(PREBUILT_MANIFEST);
+    if !manifest_path.exists() {
+        return Err(format!("there is none ({PREBUILT_MANIFEST} is missing)"));
+    }
+    let manifest = Manifest::read(&manifest_path).map_err(|e| format!("{e:#}"))?;
     let object = root.join(PREBUILT_OBJECT);
     let bytes = fs::read(&object).map_err(|e| format!("reading {}: {e}", object.display()))?;
     let actual = sha256_hex(&bytes);
