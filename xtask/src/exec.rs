@@ -38,18 +38,10 @@ pub fn is_root() -> bool {
 
 /// `~/.cargo/bin` (or `$CARGO_HOME/bin`), where `cargo install` puts bpf-linker.
 pub fn cargo_bin_dir() -> PathBuf {
-    std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))
-        .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
-        .join("bin")
+    crate::ebpf_object::toolchain::cargo_home().join("bin")
 }
 
 /// PATH with the cargo bin dir first, so nested builds find bpf-linker even under sudo.
 pub fn path_with_cargo_bin() -> std::ffi::OsString {
-    let mut paths = vec![cargo_bin_dir()];
-    if let Some(path) = std::env::var_os("PATH") {
-        paths.extend(std::env::split_paths(&path));
-    }
-    std::env::join_paths(paths).expect("PATH entries contain no separator")
+    crate::ebpf_object::toolchain::path_with_cargo_bin()
 }

@@ -1,11 +1,17 @@
-//! Developer tasks: `cargo xtask setup|build|run|go-build|test|demo|bench|fuzz`.
+//! Developer tasks: `cargo xtask setup|build|prebuilt|run|go-build|test|demo|bench|fuzz`.
 
 mod bench;
 mod build;
 mod demo;
+#[allow(
+    dead_code,
+    reason = "shared with agent/build.rs, which uses the parts xtask does not"
+)]
+mod ebpf_object;
 mod exec;
 mod fuzz;
 mod go;
+mod prebuilt;
 mod run;
 mod setup;
 mod test;
@@ -30,8 +36,12 @@ enum Command {
         #[arg(long, value_enum, default_value_t = setup::Scope::Test)]
         scope: setup::Scope,
     },
-    /// Build the eBPF object and the agent that embeds it.
+    /// Build the agent, with the eBPF object built from source when the BPF toolchain is
+    /// installed, else the committed one (agent-ebpf/prebuilt/) if it matches the sources.
     Build(build::Options),
+    /// Rebuild the committed eBPF object (agent-ebpf/prebuilt/tracegap.bpf.o) and its manifest
+    /// from source; installs the BPF toolchain if missing. Commit the result.
+    Prebuilt,
     /// Set up what the agent needs, build it, and run it as root. Arguments after `--` go to
     /// the agent; its exit status is this command's.
     Run(run::Options),
@@ -41,7 +51,8 @@ enum Command {
     Check(run::Options),
     /// Build the Go programs of the tests and the demo (tests/go) into target/go/.
     GoBuild,
-    /// Set up if needed, build, and run all tests, including the root end-to-end tests.
+    /// Set up if needed, build, and run all tests, including the root end-to-end tests; fails if
+    /// the committed eBPF object differs from a rebuild from source.
     Test(test::Options),
     /// Jaeger (UI on 127.0.0.1:16686), the Go shop and the agent: a fixed load with the seed's
     /// faults, then fixed; tracegap's coverage beside Jaeger's complete share per service.
@@ -58,6 +69,7 @@ fn main() -> ExitCode {
     let outcome = match Cli::parse().command {
         Command::Setup { scope } => setup::run(scope, setup::Mode::Verbose).map(|()| 0),
         Command::Build(opts) => build::run(&opts).map(|_| 0),
+        Command::Prebuilt => prebuilt::run().map(|()| 0),
         Command::Run(opts) => run::run(opts, &[]),
         Command::Check(opts) => run::run(opts, &["check"]),
         Command::GoBuild => go::build().map(|_| 0),
@@ -96,7 +108,7 @@ mod tests {
             .get_subcommands()
             .map(|c| c.get_name().to_owned())
             .collect();
-        assert!(names.len() >= 6, "{names:?}");
+        assert!(names.len() >= 7, "{names:?}");
         for name in names {
             let err = match Cli::try_parse_from(["xtask", &name, "--help"]) {
                 Ok(_) => panic!("`{name} --help` parsed as a command"),

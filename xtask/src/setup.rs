@@ -5,12 +5,24 @@
 //! adds the load tools; [`Scope::Test`] adds the clients, servers and SDKs the end-to-end tests
 //! drive (and the bench's tools, since the tests run a smoke bench). Every step checks first and
 //! only acts when something is missing, so a second run is fast.
+//!
+//! The BPF toolchain is installed only when something needs it: `test` always (CI rebuilds the
+//! eBPF object and compares it with the committed one), `run` and `bench` only when the
+//! committed object (agent-ebpf/prebuilt/) no longer matches the sources. An installed
+//! toolchain, by either route of xtask/src/bpf_toolchain.rs (Debian's rustc-web, or rustup
+//! nightly with rust-src), is used as it is.
 
-use std::{path::Path, process::Command, time::Instant};
+use std::{process::Command, time::Instant};
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::exec::{cargo, cargo_bin_dir, exec, is_root};
+use crate::{
+    ebpf_object::{
+        self,
+        toolchain::{self, Route},
+    },
+    exec::{cargo, exec, is_root, workspace_root},
+};
 
 /// What a task needs installed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
@@ -43,12 +55,8 @@ const BENCH_APT_PACKAGES: &[&str] = &["nginx-light", "wrk", "bpftool", "curl"];
 /// probes on an older Go than the one on PATH.
 const TEST_APT_PACKAGES: &[&str] = &["curl", "iproute2", "bpftool", "python3", "golang-go"];
 
-/// The compiler used for the eBPF crate (see agent/build.rs).
-pub const BPF_RUSTC: &str = "/usr/bin/rustc";
-const BPF_CORE_DIR: &str = "/usr/lib/rustlib/bpfel-unknown-none/lib";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BPF_LINKER_VERSION: &str = "0.13";
-const MIN_BPF_RUSTC_MINOR: u32 = 96;
 
 /// The OpenTelemetry Python SDK, grpcio and the OpenTelemetry gRPC interceptors, for the
 /// instrumented applications the end-to-end tests run (tests/fixtures/otel_app.py and
@@ -72,8 +80,13 @@ pub enum Mode {
 }
 
 impl Scope {
-    fn apt_packages(self) -> Vec<&'static str> {
-        let mut packages = RUN_APT_PACKAGES.to_vec();
+    /// The apt packages of this scope; the BPF toolchain's only with `bpf_toolchain`.
+    fn apt_packages(self, bpf_toolchain: bool) -> Vec<&'static str> {
+        let mut packages = if bpf_toolchain {
+            RUN_APT_PACKAGES.to_vec()
+        } else {
+            Vec::new()
+        };
         if self >= Scope::Bench {
             packages.extend(BENCH_APT_PACKAGES);
         }
@@ -90,19 +103,96 @@ impl Scope {
     }
 }
 
+/// What setup does about the BPF toolchain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BpfPlan {
+    /// A complete route is installed: use it, install nothing.
+    Use(Route),
+    /// None is installed and none is needed: the committed object matches the sources, and
+    /// the task does not rebuild it.
+    Prebuilt,
+    /// Install the Debian route (what is missing of it).
+    Install,
+}
+
+/// `test` rebuilds the object from source (CI compares it with the committed one); `run` and
+/// `bench` need a toolchain only when the committed object is stale.
+fn bpf_plan(scope: Scope, installed: Option<Route>, prebuilt_fresh: bool) -> BpfPlan {
+    match installed {
+        Some(route) => BpfPlan::Use(route),
+        None if prebuilt_fresh && scope < Scope::Test => BpfPlan::Prebuilt,
+        None => BpfPlan::Install,
+    }
+}
+
 pub fn run(scope: Scope, mode: Mode) -> Result<()> {
+    run_with(scope, mode, false)
+}
+
+/// What `cargo xtask prebuilt` needs: the BPF toolchain, whatever the committed object.
+pub fn bpf_toolchain(mode: Mode) -> Result<()> {
+    run_with(Scope::Run, mode, true)
+}
+
+fn run_with(scope: Scope, mode: Mode, rebuild: bool) -> Result<()> {
     let started = Instant::now();
-    let missing_packages = missing_apt_packages(&scope.apt_packages())?;
-    let bpf_rustc_ok = bpf_rustc_is_recent();
-    let linker_ok = bpf_linker_installed();
+    let found = toolchain::Found::detect();
+    let installed = found.toolchain().map(|tc| tc.compiler.route);
+    let root = workspace_root();
+    let prebuilt = ebpf_object::sources_sha256(&root)
+        .map_err(|e| format!("{e:#}"))
+        .and_then(|sources| ebpf_object::fresh_prebuilt(&root, &sources));
+    let plan = bpf_plan(scope, installed, prebuilt.is_ok() && !rebuild);
+    if mode == Mode::Verbose {
+        eprintln!("setup: BPF toolchain found:\n{}", indent(&found.report()));
+    }
+    match plan {
+        BpfPlan::Use(route) if mode == Mode::Verbose => {
+            eprintln!(
+                "setup: using the {} route: the agent's build builds the eBPF object from source",
+                route.name()
+            );
+        }
+        BpfPlan::Use(_) => {}
+        BpfPlan::Prebuilt => eprintln!(
+            "setup: no BPF toolchain installed, and none needed: the committed {} matches the \
+             sources, so the agent builds with stable Rust alone",
+            ebpf_object::PREBUILT_OBJECT
+        ),
+        BpfPlan::Install => eprintln!(
+            "setup: installing the BPF toolchain (Debian route): {}",
+            match (&prebuilt, rebuild, scope) {
+                (_, true, _) =>
+                    "`cargo xtask prebuilt` builds the eBPF object from source".to_owned(),
+                (_, false, Scope::Test) =>
+                    "the tests rebuild the eBPF object from source".to_owned(),
+                (Err(why), _, _) => format!(
+                    "the committed {} cannot be used ({why})",
+                    ebpf_object::PREBUILT_OBJECT
+                ),
+                (Ok(_), _, _) => "no usable route is installed".to_owned(),
+            }
+        ),
+    }
+
+    let install_bpf = plan == BpfPlan::Install;
+    let wanted = scope.apt_packages(install_bpf);
+    // No dpkg-query when there is nothing to ask about (`run` with the prebuilt object works on
+    // any distribution).
+    let missing_packages = if wanted.is_empty() {
+        Vec::new()
+    } else {
+        missing_apt_packages(&wanted)?
+    };
+    let bpf_rustc_ok = !install_bpf || found.debian.is_ok();
+    let linker_ok = !install_bpf || found.linker.is_ok();
     let pip_ok = !scope.needs_python_sdk() || python_sdk_installed();
 
     if missing_packages.is_empty() && bpf_rustc_ok && linker_ok && pip_ok {
         if mode == Mode::Verbose {
             eprintln!(
-                "setup ({scope:?}): everything present ({} apt packages, {BPF_RUSTC} >= \
-                 1.{MIN_BPF_RUSTC_MINOR}, bpf-linker{}) — checked in {:.2?}",
-                scope.apt_packages().len(),
+                "setup ({scope:?}): nothing to install ({} apt packages checked{}) — in {:.2?}",
+                wanted.len(),
                 if scope.needs_python_sdk() {
                     ", Python test fixtures"
                 } else {
@@ -142,11 +232,14 @@ pub fn run(scope: Scope, mode: Mode) -> Result<()> {
                 .args(&to_install)
                 .env("DEBIAN_FRONTEND", "noninteractive"),
         )?;
-        if !bpf_rustc_is_recent() {
-            bail!(
-                "{BPF_RUSTC} is still older than 1.{MIN_BPF_RUSTC_MINOR} or {BPF_CORE_DIR} is missing \
-                 after installing rustc-web/libstd-rust-web-dev-bpf: is bookworm-security in the apt sources?"
-            );
+        if install_bpf {
+            if let Err(why) = toolchain::Found::detect().debian {
+                bail!(
+                    "after installing rustc-web/libstd-rust-web-dev-bpf the Debian route is still \
+                     incomplete: {why}. Is bookworm-security in the apt sources (and is {} unset)?",
+                    toolchain::RUSTC_ENV
+                );
+            }
         }
         if to_install.iter().any(|p| p == "nginx-light") {
             // Debian starts the packaged nginx on port 80; the benchmark runs its own instance.
@@ -224,27 +317,12 @@ fn missing_apt_packages(packages: &[&str]) -> Result<Vec<String>> {
         .collect())
 }
 
-fn bpf_rustc_is_recent() -> bool {
-    if !Path::new(BPF_CORE_DIR).is_dir() {
-        return false;
-    }
-    let Ok(output) = Command::new(BPF_RUSTC).arg("--version").output() else {
-        return false;
-    };
-    // "rustc 1.96.0 (...)"
-    String::from_utf8_lossy(&output.stdout)
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.split('.').nth(1)?.parse::<u32>().ok())
-        .is_some_and(|minor| minor >= MIN_BPF_RUSTC_MINOR)
-}
-
-fn bpf_linker_installed() -> bool {
-    let linker = cargo_bin_dir().join("bpf-linker");
-    Command::new(&linker)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
+/// Each line of `text`, indented.
+fn indent(text: &str) -> String {
+    text.lines()
+        .map(|l| format!("  {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn python_sdk_installed() -> bool {
@@ -261,7 +339,7 @@ mod tests {
 
     #[test]
     fn running_the_agent_installs_no_test_or_bench_package() {
-        let run = Scope::Run.apt_packages();
+        let run = Scope::Run.apt_packages(true);
         for pkg in TEST_APT_PACKAGES.iter().chain(BENCH_APT_PACKAGES) {
             assert!(!run.contains(pkg), "{pkg} is installed for `run`");
         }
@@ -270,12 +348,44 @@ mod tests {
 
     #[test]
     fn scopes_grow() {
-        let (run, bench, test) = (
-            Scope::Run.apt_packages(),
-            Scope::Bench.apt_packages(),
-            Scope::Test.apt_packages(),
-        );
-        assert!(run.iter().all(|p| bench.contains(p)));
-        assert!(bench.iter().all(|p| test.contains(p)));
+        for bpf in [false, true] {
+            let (run, bench, test) = (
+                Scope::Run.apt_packages(bpf),
+                Scope::Bench.apt_packages(bpf),
+                Scope::Test.apt_packages(bpf),
+            );
+            assert!(run.iter().all(|p| bench.contains(p)));
+            assert!(bench.iter().all(|p| test.contains(p)));
+        }
+    }
+
+    #[test]
+    fn a_fresh_prebuilt_object_installs_no_bpf_toolchain_for_run_or_bench() {
+        for scope in [Scope::Run, Scope::Bench] {
+            assert_eq!(bpf_plan(scope, None, true), BpfPlan::Prebuilt);
+        }
+        assert!(Scope::Run.apt_packages(false).is_empty());
+        for pkg in RUN_APT_PACKAGES {
+            assert!(!Scope::Bench.apt_packages(false).contains(pkg), "{pkg}");
+        }
+    }
+
+    #[test]
+    fn a_stale_prebuilt_object_or_the_tests_install_the_debian_route() {
+        for scope in [Scope::Run, Scope::Bench, Scope::Test] {
+            assert_eq!(bpf_plan(scope, None, false), BpfPlan::Install);
+        }
+        assert_eq!(bpf_plan(Scope::Test, None, true), BpfPlan::Install);
+    }
+
+    #[test]
+    fn an_installed_route_is_used_as_it_is() {
+        for route in [Route::Debian, Route::RustupNightly] {
+            for scope in [Scope::Run, Scope::Test] {
+                for fresh in [false, true] {
+                    assert_eq!(bpf_plan(scope, Some(route), fresh), BpfPlan::Use(route));
+                }
+            }
+        }
     }
 }

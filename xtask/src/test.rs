@@ -1,12 +1,13 @@
-//! `cargo xtask test`: set up if needed, build, run unit tests, then the root end-to-end tests
-//! (one at a time: they share the kernel's tracepoints and the loopback ports).
+//! `cargo xtask test`: set up if needed, build (the eBPF object from source), check the committed
+//! eBPF object against it (prebuilt.rs), run unit tests, then the root end-to-end tests (one at a
+//! time: they share the kernel's tracepoints and the loopback ports).
 
 use anyhow::{bail, Result};
 
 use crate::{
     build,
     exec::{cargo, exec, is_root, workspace_root},
-    go, setup,
+    go, prebuilt, setup,
 };
 
 /// The package holding the end-to-end tests (tests/).
@@ -30,10 +31,15 @@ pub fn run(opts: &Options) -> Result<()> {
         );
     }
     setup::run(setup::Scope::Test, setup::Mode::Quiet)?;
-    let build_opts = build::Options::default();
-    let agent = build::run(&build_opts)?;
+    let built = build::build(&build::Options::default())?;
+    let agent = built.binary.clone();
 
     let mut failures = Vec::new();
+    // The committed eBPF object must be what its sources build into (agent-ebpf/prebuilt/).
+    if let Err(e) = prebuilt::verify(&built) {
+        eprintln!("test: prebuilt eBPF object: {e:#}");
+        failures.push(format!("prebuilt eBPF object: {e:#}"));
+    }
     if !opts.e2e_only {
         let mut unit = cargo();
         unit.current_dir(workspace_root()).args([
