@@ -93,6 +93,11 @@ impl FileReader {
         let size = file.metadata()?.len();
         Ok(Self { file, size })
     }
+
+    /// With the size the caller already took (`fstat`).
+    pub fn with_size(file: File, size: u64) -> Self {
+        Self { file, size }
+    }
 }
 
 impl ReadAt for FileReader {

@@ -184,7 +184,7 @@ fn elf64(blob: &[u8], sections: bool) -> Vec<u8> {
     let names = b"\0.go.buildinfo\0.shstrtab\0";
     let names_at = f.len() as u64;
     f.extend_from_slice(names);
-    while f.len() % 8 != 0 {
+    while !f.len().is_multiple_of(8) {
         f.push(0);
     }
     let sh_at = f.len() as u64;
