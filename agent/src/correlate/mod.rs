@@ -174,17 +174,18 @@ impl Correlator {
         let Some((key, evidence)) = key else {
             return;
         };
+        let subject = sender.subject();
         let without_context = matches!(
             key.kind,
             FindingKind::UninstrumentedClient | FindingKind::MissingTraceparent
         );
         if without_context
             && needs_wiring_verdict(
-                sender.inventory().as_deref(),
+                subject.inventory.as_deref(),
                 self.instrumentation.exported_spans(pid),
             )
         {
-            self.judge_wiring(key, sender.subject(), evidence, at, out);
+            self.judge_wiring(key, subject, evidence, at, out);
             return;
         }
         if key.kind == FindingKind::UninstrumentedClient {
@@ -192,12 +193,12 @@ impl Correlator {
             // decide between missing_traceparent and uninstrumented_client once that had time.
             let identity_known = sender.identity_known();
             self.instrumentation
-                .defer(key, sender.subject(), identity_known, evidence, at, out);
+                .defer(key, subject, identity_known, evidence, at, out);
             return;
         }
         out.push(Raised {
             key,
-            subject: Some(sender.subject()),
+            subject: Some(subject),
             evidence,
             at,
             count: 1,

@@ -224,8 +224,9 @@ struct PidEntry {
     exe: Option<String>,
     /// `None`: the executable could not be read.
     file: Option<FileFacts>,
-    /// Built at the process's first request (with the per-process facts).
-    inventory: Option<Arc<Inventory>>,
+    /// Built at the process's first request (with the per-process facts): `Some(None)` when
+    /// nothing could be read, so it is not tried again on every request.
+    inventory: Option<Option<Arc<Inventory>>>,
 }
 
 /// The inventories of processes, and the executables they run.
@@ -268,8 +269,8 @@ impl Inventories {
     pub fn of(&mut self, info: &ProcessInfo) -> Option<Arc<Inventory>> {
         let pid = info.pid;
         let entry = self.pids.get(&pid).filter(|e| e.exe == info.exe);
-        if let Some(inventory) = entry.and_then(|e| e.inventory.as_ref()) {
-            return Some(Arc::clone(inventory));
+        if let Some(built) = entry.and_then(|e| e.inventory.as_ref()) {
+            return built.clone();
         }
         let file = match entry {
             Some(e) => e.file.clone(),
@@ -288,31 +289,35 @@ impl Inventories {
                 .into_iter()
                 .collect(),
         };
-        if file.is_none() && components.is_empty() && info.exited {
-            return None;
-        }
-        let inventory = Arc::new(Inventory {
-            runtime: file.as_ref().and_then(|f| f.runtime.clone()),
-            components: match &file {
-                Some(f) if f.runtime.is_some() => Arc::clone(&f.components),
-                _ => components.into(),
-            },
-            spans_off: spans_off(&info.sdk_settings),
+        // An unreadable executable with nothing else found is unknown, not "no OpenTelemetry".
+        let inventory = (file.is_some() || !components.is_empty()).then(|| {
+            Arc::new(Inventory {
+                runtime: file.as_ref().and_then(|f| f.runtime.clone()),
+                components: match &file {
+                    Some(f) if f.runtime.is_some() => Arc::clone(&f.components),
+                    _ => components.into(),
+                },
+                spans_off: spans_off(&info.sdk_settings),
+            })
         });
+        // An exited process may yet be looked up with its exec record's facts: not final.
+        let built = (!info.exited || inventory.is_some()).then(|| inventory.clone());
         self.insert(
             pid,
             PidEntry {
                 exe: info.exe.clone(),
                 file,
-                inventory: Some(Arc::clone(&inventory)),
+                inventory: built,
             },
         );
-        Some(inventory)
+        inventory
     }
 
     /// The inventory built for `pid`, if any.
     pub fn get(&self, pid: u32) -> Option<Arc<Inventory>> {
-        self.pids.get(&pid).and_then(|e| e.inventory.clone())
+        self.pids
+            .get(&pid)
+            .and_then(|e| e.inventory.clone().flatten())
     }
 
     /// Forgets processes `keep` does not want.

@@ -175,6 +175,15 @@ fn a_java_agent_on_the_command_line_of_a_jvm() {
         "-javaagent:/opt/otel/opentelemetry-javaagent-2.10.0.jar",
     ]));
     child.wait_exe(&java);
+    // /proc/<pid>/exe changes before the new arguments are in place (the kernel's exec sets
+    // them later; its exec record, which the agent reads, comes after both).
+    let cmdline = format!("/proc/{}/cmdline", child.0.id());
+    for _ in 0..200 {
+        if std::fs::read(&cmdline).is_ok_and(|c| c.windows(11).any(|w| w == b"-javaagent:")) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     let mut inventories = Inventories::default();
     let inventory = inventories.of(&info_of(child.0.id())).expect("readable");
     assert_eq!(

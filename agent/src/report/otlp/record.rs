@@ -62,8 +62,10 @@ pub fn attributes(f: &Finding, extra: &[(&'static str, String)]) -> Vec<(Key, An
             Direction::Inbound => "inbound",
         },
     );
-    s("http.request.method", &f.key.method);
-    s("url.path", &f.key.path);
+    if !f.key.kind.is_process_level() {
+        s("http.request.method", &f.key.method);
+        s("url.path", &f.key.path);
+    }
     let exe_name = f
         .subject
         .exe
