@@ -109,7 +109,10 @@ impl Attributor {
                 self.inventories.exec(event.pid, exe.as_deref());
             }
             // Who it is now, /proc will tell.
-            ProcessChange::Exec(None) => self.processes.forget(event.pid),
+            ProcessChange::Exec(None) => {
+                self.processes.forget(event.pid);
+                self.inventories.forget(event.pid);
+            }
             ProcessChange::Fork { parent } => {
                 self.processes.fork(*parent, event.pid, &event.comm);
                 self.inventories.fork(*parent, event.pid);

@@ -313,6 +313,11 @@ impl Inventories {
         inventory
     }
 
+    /// `pid` exec'd something the kernel could not name: read again at its next request.
+    pub fn forget(&mut self, pid: u32) {
+        self.pids.remove(&pid);
+    }
+
     /// The inventory built for `pid`, if any.
     pub fn get(&self, pid: u32) -> Option<Arc<Inventory>> {
         self.pids
