@@ -11,6 +11,9 @@ use serde::Serialize;
 pub use crate::attribute::Subject;
 use crate::model::{otlp, Direction, Protocol};
 
+/// The evidence entry that completes the sentence of a process-level finding.
+pub const SUMMARY: &str = "summary";
+
 /// Every kind of finding tracegap reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -29,10 +32,17 @@ pub enum FindingKind {
     UnexportedSpan,
     /// One export request per span at a sustained rate (no batching).
     SynchronousExport,
+    /// A process that links the OpenTelemetry SDK and an OTLP trace exporter sent requests
+    /// without trace context and exported no span within the grace window: the SDK is there,
+    /// not wired (e.g. `otel.SetTracerProvider` never called).
+    SdkNotWired,
+    /// Linked OpenTelemetry Go modules below the version the build's own requirements
+    /// selected (a `replace` pinned them lower): code no module's go.mod vouches for.
+    OtelVersionSkew,
 }
 
 impl FindingKind {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 9] = [
         Self::MissingTraceparent,
         Self::UninstrumentedClient,
         Self::NonW3cPropagation,
@@ -40,6 +50,8 @@ impl FindingKind {
         Self::BrokenContext,
         Self::UnexportedSpan,
         Self::SynchronousExport,
+        Self::SdkNotWired,
+        Self::OtelVersionSkew,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -51,7 +63,14 @@ impl FindingKind {
             Self::BrokenContext => "broken_context",
             Self::UnexportedSpan => "unexported_span",
             Self::SynchronousExport => "synchronous_export",
+            Self::SdkNotWired => "sdk_not_wired",
+            Self::OtelVersionSkew => "otel_version_skew",
         }
+    }
+
+    /// About the process as a whole, not a request: no peer, method or path.
+    pub fn is_process_level(self) -> bool {
+        matches!(self, Self::OtelVersionSkew)
     }
 
     pub fn severity(self) -> Severity {
@@ -59,8 +78,11 @@ impl FindingKind {
             Self::MissingTraceparent
             | Self::MalformedTraceparent
             | Self::BrokenContext
-            | Self::UnexportedSpan => Severity::Error,
-            Self::NonW3cPropagation | Self::SynchronousExport => Severity::Warning,
+            | Self::UnexportedSpan
+            | Self::SdkNotWired => Severity::Error,
+            Self::NonW3cPropagation | Self::SynchronousExport | Self::OtelVersionSkew => {
+                Severity::Warning
+            }
             Self::UninstrumentedClient => Severity::Info,
         }
     }
@@ -75,6 +97,13 @@ impl FindingKind {
             Self::BrokenContext => "that started a new trace while handling a traced request",
             Self::UnexportedSpan => "whose parent span was never exported",
             Self::SynchronousExport => "exporting one span per request (no batching)",
+            Self::SdkNotWired => {
+                "without trace context, and exported no span: the OpenTelemetry SDK and an OTLP \
+                 exporter are linked but not wired (no global TracerProvider?)"
+            }
+            Self::OtelVersionSkew => {
+                "links OpenTelemetry modules below the versions its build requires"
+            }
         }
     }
 }
@@ -121,6 +150,16 @@ pub struct Target {
 }
 
 impl Target {
+    /// No request: a finding about the process itself ([`FindingKind::is_process_level`]).
+    pub fn process() -> Self {
+        Self {
+            peer: None,
+            method: String::new(),
+            path: String::new(),
+            protocol: Protocol::Http1,
+        }
+    }
+
     /// A process's trace export request, as seen by the receiver (no peer: it came to us).
     pub fn trace_export(protocol: Protocol) -> Self {
         Self {
@@ -175,6 +214,16 @@ impl Finding {
             .service_name
             .as_deref()
             .unwrap_or(self.subject.comm.as_str());
+        if self.key.kind.is_process_level() {
+            // "checkout (pid 42) links OpenTelemetry modules below the versions its build
+            // requires: go.opentelemetry.io/otel/sdk v1.46.0 (requires v1.47.0)"
+            return format!(
+                "{who} (pid {pid}) {what}: {details}",
+                pid = self.key.pid,
+                what = self.key.kind.describe(),
+                details = self.evidence.get(SUMMARY).map_or("", String::as_str),
+            );
+        }
         let (verb, prep) = match self.key.direction {
             Direction::Outbound => ("sent", "to"),
             Direction::Inbound => ("received", "from"),
@@ -219,8 +268,21 @@ impl FindingStore {
         evidence: BTreeMap<String, String>,
         at: SystemTime,
     ) -> bool {
+        self.record_many(key, subject, evidence, at, 1)
+    }
+
+    /// Counts `count` occurrences at `at` (requests held for a verdict and settled together).
+    pub fn record_many(
+        &mut self,
+        key: FindingKey,
+        subject: &Subject,
+        evidence: BTreeMap<String, String>,
+        at: SystemTime,
+        count: u64,
+    ) -> bool {
         if let Some(f) = self.findings.get_mut(&key) {
-            f.count += 1;
+            f.count += count;
+            f.first_seen = f.first_seen.min(at);
             f.last_seen = f.last_seen.max(at);
             f.evidence = evidence;
             if f.subject.service_name.is_none() {
@@ -240,7 +302,7 @@ impl FindingStore {
             Finding {
                 key,
                 subject: subject.clone(),
-                count: 1,
+                count,
                 first_seen: at,
                 last_seen: at,
                 evidence,

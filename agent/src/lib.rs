@@ -5,9 +5,11 @@
 //! `capture` (eBPF programs, ring buffer) → `parse` (requests and their trace context) →
 //! `attribute` (process, container, pod, peer) → `correlate` (every rule) → `findings` →
 //! `snapshot` → `report` (table, JSON, OTLP). `otlp` receives the spans processes export;
-//! `model` holds the facts all of them share.
+//! `model` holds the facts all of them share; `buildinfo` reads Go executables' build
+//! information for `capture` and `attribute`.
 
 pub mod attribute;
+pub mod buildinfo;
 pub mod capture;
 pub mod check;
 pub mod cli;

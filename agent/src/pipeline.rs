@@ -133,15 +133,16 @@ impl Pipeline {
         let at =
             SystemTime::UNIX_EPOCH + self.boot_offset + Duration::from_nanos(event.monotonic_ns);
         let info = self.attributor.process(event);
-        if event.direction == Direction::Inbound {
-            self.correlator.inbound(event.pid, at, req);
-            return;
-        }
         let mut sender = Sending {
             attributor: &mut self.attributor,
             event,
             info,
         };
+        if event.direction == Direction::Inbound {
+            self.correlator
+                .inbound(event.pid, at, req, &sender, &mut self.raised);
+            return;
+        }
         self.correlator.outbound(
             event.pid,
             at,
@@ -221,7 +222,8 @@ impl Pipeline {
             if subject.service_name.is_none() {
                 subject.service_name = self.attributor.service_name(r.key.pid);
             }
-            self.findings.record(r.key, &subject, r.evidence, r.at);
+            self.findings
+                .record_many(r.key, &subject, r.evidence, r.at, r.count);
         }
     }
 
@@ -240,6 +242,7 @@ impl Pipeline {
                     .or_else(|| self.attributor.service_name(pid)),
                 stats: stats.clone(),
                 findings: Vec::new(),
+                inventory: self.attributor.label(pid).and_then(|l| l.inventory.clone()),
             })
             .collect();
         processes.sort_unstable_by_key(|p| p.pid);

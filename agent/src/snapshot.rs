@@ -4,10 +4,10 @@
 //! Every counter name is written once, beside its value, in a `named()` list; the outputs print
 //! those lists as they are.
 
-use std::{collections::BTreeMap, time::SystemTime};
+use std::{collections::BTreeMap, sync::Arc, time::SystemTime};
 
 use crate::{
-    attribute::AttributeCounters,
+    attribute::{inventory::Inventory, AttributeCounters},
     correlate::{traces::TraceCounters, CorrelateCounters, ProcessStats},
     findings::{Finding, FindingKind},
     model::{KernelCounters, Protocol},
@@ -42,6 +42,8 @@ pub struct ProcessRow {
     pub service_name: Option<String>,
     pub stats: ProcessStats,
     pub findings: Vec<FindingBrief>,
+    /// Its runtime and OpenTelemetry components, when they could be read.
+    pub inventory: Option<Arc<Inventory>>,
 }
 
 /// A finding as one cell of the table.
@@ -135,24 +137,32 @@ impl ExportCounters {
 }
 
 impl AttributeCounters {
-    pub fn named(&self) -> [(&'static str, u64); 4] {
+    pub fn named(&self) -> [(&'static str, u64); 9] {
+        let i = &self.inventory;
         [
             ("processes_exited_before_lookup", self.exited_before_lookup),
             ("processes_cached", self.processes_cached),
             ("processes_from_records", self.from_records),
             ("processes_evicted", self.evicted),
+            ("inventory_executables_read", i.executables_read),
+            ("inventory_read_micros", i.read_micros),
+            ("inventory_unreadable", i.unreadable),
+            ("inventory_processes_inspected", i.processes_inspected),
+            ("inventory_files_forgotten", i.files_forgotten),
         ]
     }
 }
 
 impl CorrelateCounters {
-    pub fn named(&self) -> [(&'static str, u64); 5] {
+    pub fn named(&self) -> [(&'static str, u64); 7] {
         [
             ("undetermined", self.undetermined),
             ("telemetry_exports", self.telemetry_exports),
             ("export_batches", self.export_batches),
             ("unattributed_batches", self.unattributed_batches),
             ("stats_evicted", self.stats_evicted),
+            ("sdk_wiring_pending_at_exit", self.wiring.pending_at_exit),
+            ("sdk_wiring_not_held", self.wiring.not_held),
         ]
     }
 }

@@ -1,5 +1,7 @@
 //! Go programs of the tests and the demo (tests/go: the shop's services, its load generator,
-//! `tlsoffsets`; tests/go/jaeger: Jaeger v2), built with the `go` on PATH into target/go/.
+//! `tlsoffsets`, the `sdkclient` and `plainclient` of the silent-SDK tests, and `sdkclient-skew`
+//! built with tests/go/go.skew.mod; tests/go/jaeger: Jaeger v2), built with the `go` on PATH into
+//! target/go/.
 //!
 //! The build and module caches live under target/go-cache/, so a second build only checks that
 //! nothing changed (Go's own build cache decides; `go build -o` reads an existing output's
@@ -23,6 +25,9 @@ pub const BIN_DIR_ENV: &str = "TRACEGAP_GO_BIN_DIR";
 /// Oldest `go` accepted on PATH: the first with toolchain selection (`go.mod` asks for 1.26;
 /// Go 1.21+ either is that or says exactly which toolchain is missing).
 const MIN_GO: (u32, u32) = (1, 21);
+
+/// The shop module's go.mod with the skew `replace` (its go.sum is go.skew.sum beside it).
+const SKEW_MODFILE: &str = "go.skew.mod";
 
 /// The Go module of the shop (services, load generator, helpers).
 fn shop_module() -> PathBuf {
@@ -57,6 +62,13 @@ pub fn build() -> Result<PathBuf> {
         .arg(format!("{}/", out.display()))
         .arg("./cmd/...");
     exec(&mut shop)?;
+    // The version-skew case of tests/tests/silent_sdk.rs: the same sdkclient, with a `replace`
+    // that links go.opentelemetry.io/otel/sdk below the version the build requires.
+    let mut skew = go_command(&shop_module());
+    skew.args(["build", "-modfile", SKEW_MODFILE, "-o"])
+        .arg(out.join("sdkclient-skew"))
+        .arg("./cmd/sdkclient");
+    exec(&mut skew)?;
     let mut jaeger = go_command(&jaeger_module());
     jaeger
         .args(["build", "-o"])

@@ -1,10 +1,13 @@
-//! Who sent a request: the process (comm, executable, OTel environment, service name), its
-//! container and pod, and the socket's peer. Read from /proc and the Kubernetes API, cached.
+//! Who sent a request: the process (comm, executable, OTel environment, service name, the
+//! OpenTelemetry it links), its container and pod, and the socket's peer. Read from /proc, the
+//! executable and the Kubernetes API, cached.
 //!
-//! Layout: `process` (pid → [`ProcessInfo`]), `peer` (fd → peer address), `cgroup` (container
-//! and pod ids from the cgroup path), `k8s` (the pods of this node).
+//! Layout: `process` (pid → [`ProcessInfo`]), `inventory` (runtime and OpenTelemetry
+//! components), `peer` (fd → peer address), `cgroup` (container and pod ids from the cgroup
+//! path), `k8s` (the pods of this node).
 
 pub mod cgroup;
+pub mod inventory;
 pub mod k8s;
 pub mod peer;
 pub mod process;
@@ -12,9 +15,11 @@ pub mod process;
 use std::{
     collections::{HashMap, HashSet},
     net::SocketAddr,
+    sync::Arc,
 };
 
 use self::{
+    inventory::{Inventories, Inventory, InventoryCounters},
     k8s::PodIndex,
     peer::PeerCache,
     process::{ExecFacts, ProcessCache, ProcessInfo},
@@ -30,6 +35,8 @@ pub struct Subject {
     pub container_id: Option<String>,
     /// `k8s.*` resource attributes of the process's pod, when running in a cluster.
     pub k8s: Vec<(&'static str, String)>,
+    /// Its runtime and OpenTelemetry components; `None` when they could not be read.
+    pub inventory: Option<Arc<Inventory>>,
 }
 
 /// How a process is named in the table, coverage lines and check summaries: kept as long as
@@ -38,6 +45,7 @@ pub struct Subject {
 pub struct Label {
     pub comm: String,
     pub service_name: Option<String>,
+    pub inventory: Option<Arc<Inventory>>,
 }
 
 /// Counts of what this stage learned and could not learn.
@@ -51,11 +59,13 @@ pub struct AttributeCounters {
     pub from_records: u64,
     /// Processes forgotten to stay within `MAX_PROCESSES`.
     pub evicted: u64,
+    pub inventory: InventoryCounters,
 }
 
 /// The attribute stage.
 pub struct Attributor {
     processes: ProcessCache,
+    inventories: Inventories,
     peers: PeerCache,
     /// `service.name` from each exporting process's resource.
     exported_service: HashMap<u32, String>,
@@ -71,6 +81,7 @@ impl Attributor {
     pub fn new(pods: Option<PodIndex>) -> Self {
         Self {
             processes: ProcessCache::default(),
+            inventories: Inventories::default(),
             peers: PeerCache::default(),
             exported_service: HashMap::new(),
             pods,
@@ -82,20 +93,29 @@ impl Attributor {
     /// A process exec'd, forked or ended.
     pub fn process_changed(&mut self, event: &ProcessEvent) {
         match &event.change {
-            ProcessChange::Exec(Some(details)) => self.processes.exec(
-                event.pid,
-                &ExecFacts {
-                    comm: &event.comm,
-                    path: details.path.as_deref(),
-                    env: &details.env,
-                    env_complete: details.env_complete,
-                    cgroup_id: details.cgroup_id,
-                },
-            ),
+            ProcessChange::Exec(Some(details)) => {
+                self.processes.exec(
+                    event.pid,
+                    &ExecFacts {
+                        comm: &event.comm,
+                        path: details.path.as_deref(),
+                        env: &details.env,
+                        env_complete: details.env_complete,
+                        cgroup_id: details.cgroup_id,
+                    },
+                );
+                // The executable is read now, while the process is there to open it.
+                let exe = self.processes.cached(event.pid).and_then(|i| i.exe.clone());
+                self.inventories.exec(event.pid, exe.as_deref());
+            }
             // Who it is now, /proc will tell.
-            ProcessChange::Exec(None) => self.processes.forget(event.pid),
+            ProcessChange::Exec(None) => {
+                self.processes.forget(event.pid);
+                self.inventories.forget(event.pid);
+            }
             ProcessChange::Fork { parent } => {
                 self.processes.fork(*parent, event.pid, &event.comm);
+                self.inventories.fork(*parent, event.pid);
                 if let Some(tree) = &mut self.tree {
                     // A pid reused by a process outside the tree leaves it.
                     if tree.contains(parent) {
@@ -122,15 +142,22 @@ impl Attributor {
     /// The process that made the syscall of `event`.
     pub fn process(&mut self, event: &CapturedEvent) -> ProcessInfo {
         let info = self.processes.get(event.pid, &event.comm).clone();
+        let inventory = self.inventories.of(&info);
         let service_name = info
             .service_name
             .clone()
             .or_else(|| self.exported_service.get(&event.pid).cloned());
+        let same_inventory = |l: &Label| match (&l.inventory, &inventory) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (a, b) => a.is_none() && b.is_none(),
+        };
         match self.labels.get_mut(&event.pid) {
-            Some(l) if l.comm == info.comm && l.service_name == service_name => {}
+            Some(l)
+                if l.comm == info.comm && l.service_name == service_name && same_inventory(l) => {}
             Some(l) => {
                 l.comm.clone_from(&info.comm);
                 l.service_name = service_name;
+                l.inventory = inventory;
             }
             None => {
                 self.labels.insert(
@@ -138,6 +165,7 @@ impl Attributor {
                     Label {
                         comm: info.comm.clone(),
                         service_name,
+                        inventory,
                     },
                 );
             }
@@ -204,6 +232,7 @@ impl Attributor {
                 .and_then(|(pods, c)| pods.lookup(c))
                 .map(|pod| k8s::otel_attributes(&pod))
                 .unwrap_or_default(),
+            inventory: self.inventories.get(info.pid),
         }
     }
 
@@ -213,6 +242,9 @@ impl Attributor {
         let tree = self.tree.as_ref();
         let in_tree = |pid: u32| tree.is_some_and(|t| t.contains(&pid));
         self.processes.sweep(in_tree);
+        let processes = &self.processes;
+        self.inventories
+            .sweep(|pid| processes.cached(pid).is_some() || has_counts(pid));
         self.exported_service
             .retain(|pid, _| alive(*pid) || in_tree(*pid));
         self.labels
@@ -225,6 +257,7 @@ impl Attributor {
             processes_cached: self.processes.len() as u64,
             from_records: self.processes.from_records,
             evicted: self.processes.evicted,
+            inventory: self.inventories.counters.clone(),
         }
     }
 }

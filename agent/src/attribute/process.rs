@@ -14,7 +14,10 @@ use std::{
 
 use procfs::process::Process;
 
-use super::cgroup::{self, CgroupPaths, ContainerInfo};
+use super::{
+    cgroup::{self, CgroupPaths, ContainerInfo},
+    inventory::native::java_agent,
+};
 use crate::model::{otel_env, MAX_PROCESSES};
 
 /// A /proc entry is read again after this long (a pid may have been reused without a record).
@@ -44,6 +47,21 @@ pub struct ProcessInfo {
     /// guess. Without CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH, other users' environments are
     /// unreadable in /proc.
     pub environ_readable: bool,
+    /// What the environment tells an SDK about exporting spans (for the inventory).
+    pub sdk_settings: SdkSettings,
+}
+
+/// The environment's say on span export, and a Java agent it loads: only these values are
+/// kept (OpenTelemetry settings and a jar's file name, no other variable).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SdkSettings {
+    /// `OTEL_TRACES_EXPORTER`, lowercased (`otlp`, `none`, `console`, ...).
+    pub traces_exporter: Option<String>,
+    /// `OTEL_SDK_DISABLED=true`.
+    pub sdk_disabled: bool,
+    /// The file name of an OpenTelemetry Java agent in `JAVA_TOOL_OPTIONS` or
+    /// `JDK_JAVA_OPTIONS` (`-javaagent:`; how the OpenTelemetry Operator injects it).
+    pub java_agent: Option<String>,
 }
 
 impl ProcessInfo {
@@ -58,6 +76,7 @@ impl ProcessInfo {
             container: None,
             exited: false,
             environ_readable: false,
+            sdk_settings: SdkSettings::default(),
         }
     }
 
@@ -118,6 +137,7 @@ impl ProcessCache {
         let env = EnvFacts::parse(facts.env);
         info.otel_env = env.otel_env;
         info.service_name = env.service_name;
+        info.sdk_settings = env.sdk_settings;
         info.environ_readable = facts.env_complete || env.otel_env;
         // The resolved path (symlinks followed) while the process runs, else the one execve
         // was given.
@@ -141,6 +161,7 @@ impl ProcessCache {
             if let Some(from_proc) = alive.as_ref().and_then(read_environ) {
                 info.otel_env = from_proc.otel_env;
                 info.service_name = from_proc.service_name;
+                info.sdk_settings = from_proc.sdk_settings;
                 info.environ_readable = true;
             }
         }
@@ -311,7 +332,11 @@ enum Lookup {
 struct EnvFacts {
     otel_env: bool,
     service_name: Option<String>,
+    sdk_settings: SdkSettings,
 }
+
+/// Longest `OTEL_TRACES_EXPORTER` value kept (a list of exporter names).
+const MAX_EXPORTER_SETTING: usize = 64;
 
 impl EnvFacts {
     /// From an environment block (`KEY=VALUE\0...`). Only these facts are kept: the block
@@ -324,6 +349,13 @@ impl EnvFacts {
                 continue;
             };
             let (key, value) = (&entry[..eq], &entry[eq + 1..]);
+            if key == b"JAVA_TOOL_OPTIONS" || key == b"JDK_JAVA_OPTIONS" {
+                let value = String::from_utf8_lossy(value);
+                if let Some(jar) = java_agent(value.split_whitespace()) {
+                    facts.sdk_settings.java_agent = Some(jar);
+                }
+                continue;
+            }
             if !key.starts_with(otel_env::PREFIX.as_bytes()) {
                 continue;
             }
@@ -333,6 +365,11 @@ impl EnvFacts {
                 facts.service_name = Some(value.into_owned());
             } else if key == otel_env::RESOURCE_ATTRIBUTES.as_bytes() {
                 from_resource = otel_env::service_name_from_resource_attributes(&value);
+            } else if key == b"OTEL_TRACES_EXPORTER" && !value.trim().is_empty() {
+                let value: String = value.trim().chars().take(MAX_EXPORTER_SETTING).collect();
+                facts.sdk_settings.traces_exporter = Some(value.to_ascii_lowercase());
+            } else if key == b"OTEL_SDK_DISABLED" {
+                facts.sdk_settings.sdk_disabled = value.trim().eq_ignore_ascii_case("true");
             }
         }
         facts.service_name = facts.service_name.or(from_resource);
@@ -369,6 +406,7 @@ fn load(pid: u32, comm: &str) -> ProcessInfo {
         info.environ_readable = true;
         info.otel_env = env.otel_env;
         info.service_name = env.service_name;
+        info.sdk_settings = env.sdk_settings;
     }
     info.container = cgroup::read_container_info(pid).ok().flatten();
     info.container_id = info.container.as_ref().map(|c| c.container_id.clone());

@@ -278,11 +278,13 @@ impl Summary {
                 f.key.path,
                 f.key.peer.map(|p| format!(" → {p}")).unwrap_or_default()
             );
+            // A process-level finding has no method or path.
+            let name = name.trim_end();
             let _ok = write!(
                 cases,
                 r#"    <testcase classname="tracegap.{}" name="{}">"#,
                 xml_escape(&service),
-                xml_escape(&name)
+                xml_escape(name)
             );
             let text = f.sentence();
             if self.fails(f) {

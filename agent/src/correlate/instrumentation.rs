@@ -3,6 +3,10 @@
 //! to the OTLP/gRPC port). SDKs export after the request, so a request without context from a
 //! process not (yet) known to be instrumented is held for [`INSTRUMENTATION_SETTLE`] before it is
 //! called `uninstrumented_client` rather than `missing_traceparent`.
+//!
+//! A process whose executable links the SDK and an OTLP trace exporter is judged by
+//! [`super::wiring`] instead (`sdk_not_wired` or `missing_traceparent`, after the span grace
+//! window): what [`needs_wiring_verdict`] decides.
 
 use std::{
     collections::{BTreeMap, HashSet, VecDeque},
@@ -11,7 +15,7 @@ use std::{
 
 use super::Raised;
 use crate::{
-    attribute::Subject,
+    attribute::{inventory::Inventory, Subject},
     findings::{FindingKey, FindingKind},
 };
 
@@ -37,6 +41,9 @@ struct Provisional {
 pub struct Instrumentation {
     /// Processes seen sending OTLP exports: instrumented even without OTEL_* env.
     exporters: HashSet<u32>,
+    /// Processes seen exporting spans (not only metrics or logs), or on an OTLP/gRPC
+    /// connection whose calls were not decoded (counted as spans: not knowing is no finding).
+    span_exporters: HashSet<u32>,
     /// Requests without context awaiting the instrumentation verdict of their process.
     provisional: VecDeque<Provisional>,
     /// Requests without context from processes whose environment could not be read (exited
@@ -46,13 +53,21 @@ pub struct Instrumentation {
 }
 
 impl Instrumentation {
-    /// `pid` exports spans.
-    pub fn saw_exporter(&mut self, pid: u32) {
+    /// `pid` exports telemetry; `spans`: it is (or may be) spans.
+    pub fn saw_exporter(&mut self, pid: u32, spans: bool) {
         self.exporters.insert(pid);
+        if spans {
+            self.span_exporters.insert(pid);
+        }
     }
 
     pub fn is_exporter(&self, pid: u32) -> bool {
         self.exporters.contains(&pid)
+    }
+
+    /// `pid` was seen exporting spans (see `span_exporters`).
+    pub fn exported_spans(&self, pid: u32) -> bool {
+        self.span_exporters.contains(&pid)
     }
 
     /// Holds an `uninstrumented_client` verdict until the process had time to export.
@@ -96,6 +111,7 @@ impl Instrumentation {
     /// Forgets exporters that exited.
     pub fn retain(&mut self, alive: impl Fn(u32) -> bool) {
         self.exporters.retain(|pid| alive(*pid));
+        self.span_exporters.retain(|pid| alive(*pid));
     }
 
     /// Seen exporting since → `missing_traceparent`; identity unknown → not judged (counted);
@@ -119,7 +135,16 @@ impl Instrumentation {
                 subject: Some(p.subject),
                 evidence: p.evidence,
                 at: p.at,
+                count: 1,
             });
         }
     }
+}
+
+/// Whether a request without context goes to the `sdk_not_wired` rule: its process links the
+/// SDK and an OTLP trace exporter (and its environment does not turn span export off), and was
+/// not seen exporting spans yet. Otherwise it is judged as before: `missing_traceparent` for an
+/// instrumented process, else `uninstrumented_client` after [`INSTRUMENTATION_SETTLE`].
+pub fn needs_wiring_verdict(inventory: Option<&Inventory>, exported_spans: bool) -> bool {
+    !exported_spans && inventory.is_some_and(Inventory::expects_span_exports)
 }

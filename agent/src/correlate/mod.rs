@@ -1,26 +1,31 @@
 //! Every rule lives here. What each process puts on the wire is judged alone (`wire`), against
-//! whether the process is instrumented (`instrumentation`), and against the spans it exports
-//! (`traces`). Rules are functions over recorded state, unit-tested on recorded sequences; the
+//! whether the process is instrumented (`instrumentation`; `wiring` when it links an SDK that
+//! never exports), against the spans it exports (`traces`), and what it links against itself
+//! (`skew`). Rules are functions over recorded state, unit-tested on recorded sequences; the
 //! [`Correlator`] feeds them and hands back the findings to record ([`Raised`]).
 
 pub mod instrumentation;
+pub mod skew;
 pub mod traces;
 mod wire;
+pub mod wiring;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     net::SocketAddr,
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
 pub use self::wire::{judge_outbound, propagation, ProcessStats, Verdict};
 use self::{
-    instrumentation::Instrumentation,
+    instrumentation::{needs_wiring_verdict, Instrumentation},
     traces::{ExportedSpan, TraceCounters, TraceState},
+    wiring::{Wiring, WiringCounters},
 };
 use crate::{
-    attribute::Subject,
-    findings::{FindingKey, FindingKind, Target},
+    attribute::{inventory::Inventory, Subject},
+    findings::{FindingKey, FindingKind, Target, SUMMARY},
     model::{otlp, Direction, Protocol, MAX_PROCESSES},
     otlp::{ExportBatch, Transport},
     parse::Request,
@@ -34,10 +39,12 @@ pub struct Raised {
     pub subject: Option<Subject>,
     pub evidence: BTreeMap<String, String>,
     pub at: SystemTime,
+    /// Occurrences at `at` (more than one when held requests are settled together).
+    pub count: u64,
 }
 
-/// What correlation needs to know about the process that sent a request; the peer and the
-/// subject are asked for only when a rule needs them (both may read /proc).
+/// What correlation needs to know about the process that sent (or received) a request; the
+/// peer and the subject are asked for only when a rule needs them (both may read /proc).
 pub trait Sender {
     /// Its environment has OTEL_* variables.
     fn otel_env(&self) -> bool;
@@ -47,6 +54,10 @@ pub trait Sender {
     fn peer(&mut self) -> Option<SocketAddr>;
     /// The process, for a finding.
     fn subject(&self) -> Subject;
+    /// Its runtime and OpenTelemetry components, if they could be read.
+    fn inventory(&self) -> Option<Arc<Inventory>> {
+        self.subject().inventory
+    }
 }
 
 /// Counts of what this stage did not judge, and why.
@@ -61,12 +72,17 @@ pub struct CorrelateCounters {
     pub unattributed_batches: u64,
     /// Processes whose request counts were forgotten to stay within `MAX_PROCESSES`.
     pub stats_evicted: u64,
+    /// Requests held for the `sdk_not_wired` verdict and left unjudged (see [`Wiring`]).
+    pub wiring: WiringCounters,
 }
 
 pub struct Correlator {
     stats: HashMap<u32, ProcessStats>,
     traces: TraceState,
     instrumentation: Instrumentation,
+    wiring: Wiring,
+    /// Processes whose modules were checked for version skew (once each).
+    skew_checked: HashSet<u32>,
     span_grace: Duration,
     counters: CorrelateCounters,
 }
@@ -77,6 +93,8 @@ impl Correlator {
             stats: HashMap::new(),
             traces: TraceState::default(),
             instrumentation: Instrumentation::default(),
+            wiring: Wiring::default(),
+            skew_checked: HashSet::new(),
             span_grace,
             counters: CorrelateCounters::default(),
         }
@@ -87,12 +105,21 @@ impl Correlator {
     /// cannot be).
     pub fn h2_connection(&mut self, pid: u32, direction: Direction, peer: Option<SocketAddr>) {
         if direction == Direction::Outbound && peer.is_some_and(|p| p.port() == otlp::GRPC_PORT) {
-            self.instrumentation.saw_exporter(pid);
+            // Which signal it carries is known only from its calls: spans, until told.
+            self.instrumentation.saw_exporter(pid, true);
         }
     }
 
     /// A request `pid` received.
-    pub fn inbound(&mut self, pid: u32, at: SystemTime, req: &Request) {
+    pub fn inbound(
+        &mut self,
+        pid: u32,
+        at: SystemTime,
+        req: &Request,
+        receiver: &impl Sender,
+        out: &mut Vec<Raised>,
+    ) {
+        self.check_skew(pid, Direction::Inbound, at, receiver, out);
         let stats = self.stats_of(pid);
         stats.last_seen = Some(at);
         stats.inbound += 1;
@@ -113,6 +140,7 @@ impl Correlator {
         sender: &mut impl Sender,
         out: &mut Vec<Raised>,
     ) {
+        self.check_skew(pid, Direction::Outbound, at, sender, out);
         let instrumented = sender.otel_env() || self.instrumentation.is_exporter(pid);
         let verdict = judge_outbound(req, instrumented);
         self.stats_of(pid).last_seen = Some(at);
@@ -120,7 +148,7 @@ impl Correlator {
             Verdict::Telemetry => {
                 self.stats_of(pid).telemetry_exports += 1;
                 self.counters.telemetry_exports += 1;
-                self.instrumentation.saw_exporter(pid);
+                self.instrumentation.saw_exporter(pid, exports_spans(req));
                 return;
             }
             Verdict::Undetermined => self.counters.undetermined += 1,
@@ -146,19 +174,108 @@ impl Correlator {
         let Some((key, evidence)) = key else {
             return;
         };
+        let subject = sender.subject();
+        let without_context = matches!(
+            key.kind,
+            FindingKind::UninstrumentedClient | FindingKind::MissingTraceparent
+        );
+        if without_context
+            && needs_wiring_verdict(
+                subject.inventory.as_deref(),
+                self.instrumentation.exported_spans(pid),
+            )
+        {
+            self.judge_wiring(key, subject, evidence, at, out);
+            return;
+        }
         if key.kind == FindingKind::UninstrumentedClient {
             // The process may export spans a moment later (SDKs export after the request):
             // decide between missing_traceparent and uninstrumented_client once that had time.
             let identity_known = sender.identity_known();
             self.instrumentation
-                .defer(key, sender.subject(), identity_known, evidence, at, out);
+                .defer(key, subject, identity_known, evidence, at, out);
             return;
         }
         out.push(Raised {
             key,
-            subject: Some(sender.subject()),
+            subject: Some(subject),
             evidence,
             at,
+            count: 1,
+        });
+    }
+
+    /// A request without context from a process whose SDK is linked and has exported no span:
+    /// `sdk_not_wired` at once if its window already ended silent, else held for its window.
+    fn judge_wiring(
+        &mut self,
+        mut key: FindingKey,
+        subject: Subject,
+        mut evidence: BTreeMap<String, String>,
+        at: SystemTime,
+        out: &mut Vec<Raised>,
+    ) {
+        if self.wiring.is_silent(key.pid) {
+            key.kind = FindingKind::SdkNotWired;
+            wiring::sdk_evidence(&subject, &mut evidence);
+            out.push(Raised {
+                key,
+                subject: Some(subject),
+                evidence,
+                at,
+                count: 1,
+            });
+            return;
+        }
+        self.wiring
+            .hold(key, subject, evidence, at, self.span_grace);
+        self.counters.wiring.clone_from(&self.wiring.counters);
+    }
+
+    /// The first request of a process: are its OpenTelemetry modules skewed?
+    fn check_skew(
+        &mut self,
+        pid: u32,
+        direction: Direction,
+        at: SystemTime,
+        process: &impl Sender,
+        out: &mut Vec<Raised>,
+    ) {
+        if self.skew_checked.contains(&pid) || self.skew_checked.len() >= MAX_PROCESSES {
+            return;
+        }
+        self.skew_checked.insert(pid);
+        let Some(inventory) = process.inventory() else {
+            return;
+        };
+        let found = skew::version_skew(&inventory);
+        if found.is_empty() {
+            return;
+        }
+        let summary: Vec<String> = found.iter().map(skew::Skew::describe).collect();
+        let mut evidence: BTreeMap<String, String> = found
+            .iter()
+            .map(|s| {
+                (
+                    s.module.clone(),
+                    format!("linked {}, required {}", s.linked, s.required),
+                )
+            })
+            .collect();
+        evidence.insert(SUMMARY.into(), summary.join("; "));
+        evidence.insert("otel_components".into(), inventory.components_text());
+        out.push(Raised {
+            key: FindingKey::new(
+                FindingKind::OtelVersionSkew,
+                pid,
+                direction,
+                &Target::process(),
+                false,
+            ),
+            subject: Some(process.subject()),
+            evidence,
+            at,
+            count: 1,
         });
     }
 
@@ -169,7 +286,8 @@ impl Correlator {
             self.counters.unattributed_batches += 1;
             return;
         };
-        self.instrumentation.saw_exporter(pid);
+        self.instrumentation
+            .saw_exporter(pid, !batch.spans.is_empty());
         self.stats_of(pid).spans_exported += batch.spans.len() as u64;
         let spans: Vec<ExportedSpan> = batch
             .spans
@@ -198,6 +316,7 @@ impl Correlator {
                 subject: None,
                 evidence,
                 at: batch.received_at,
+                count: 1,
             });
         }
     }
@@ -205,12 +324,16 @@ impl Correlator {
     /// Judges outbound contexts whose span grace window ended, and settles provisional verdicts.
     pub fn judge_due(&mut self, now: SystemTime, out: &mut Vec<Raised>) {
         self.instrumentation.settle_due(now, out);
+        let instrumentation = &self.instrumentation;
+        self.wiring
+            .settle_due(now, |pid| instrumentation.exported_spans(pid), out);
         for f in self.traces.judge_due(now) {
             out.push(Raised {
                 key: FindingKey::new(f.kind, f.pid, Direction::Outbound, &f.target, false),
                 subject: None,
                 evidence: f.evidence,
                 at: f.at,
+                count: 1,
             });
         }
     }
@@ -219,6 +342,11 @@ impl Correlator {
     pub fn sweep(&mut self, alive: impl Fn(u32) -> bool, out: &mut Vec<Raised>) {
         // An exited process exports nothing more: settle its requests before forgetting it.
         self.instrumentation.settle_exited(&alive, out);
+        let instrumentation = &self.instrumentation;
+        self.wiring
+            .settle_exited(&alive, |pid| instrumentation.exported_spans(pid), out);
+        self.wiring.retain(&alive);
+        self.skew_checked.retain(|pid| alive(*pid));
         self.instrumentation.retain(&alive);
         self.traces.retain(&alive);
         if self.stats.len() > MAX_PROCESSES {
@@ -231,6 +359,10 @@ impl Correlator {
     /// At exit: what is still waiting for spans is uncertain, not a finding.
     pub fn finish(&mut self, out: &mut Vec<Raised>) {
         self.instrumentation.settle_all(out);
+        let instrumentation = &self.instrumentation;
+        self.wiring
+            .finish(|pid| instrumentation.exported_spans(pid), out);
+        self.counters.wiring.clone_from(&self.wiring.counters);
         self.judge_due(SystemTime::now(), out);
         self.traces.finish();
     }
@@ -257,3 +389,15 @@ impl Correlator {
         self.stats.entry(pid).or_default()
     }
 }
+
+/// Whether an OTLP export request carries spans (not metrics or logs).
+fn exports_spans(req: &Request) -> bool {
+    let traces = otlp::Signal::Traces;
+    match req.protocol {
+        Protocol::Http1 => req.path.ends_with(traces.http_path()),
+        Protocol::H2 | Protocol::Grpc => req.path == traces.grpc_path(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

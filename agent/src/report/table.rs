@@ -12,8 +12,8 @@ pub fn render(snapshot: &Snapshot) -> String {
     let mut s = String::new();
     let _infallible: std::fmt::Result = writeln!(
         s,
-        "{:>7} {:<16} {:<18} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6}  FINDINGS",
-        "PID", "COMM", "SERVICE", "OUT", "W3C", "OTHER", "NONE", "UNDET", "COV%", "IN"
+        "{:>7} {:<16} {:<18} {:<13} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6}  FINDINGS",
+        "PID", "COMM", "SERVICE", "OTEL", "OUT", "W3C", "OTHER", "NONE", "UNDET", "COV%", "IN"
     );
     for p in &snapshot.processes {
         let st = &p.stats;
@@ -23,10 +23,18 @@ pub fn render(snapshot: &Snapshot) -> String {
         let findings: Vec<String> = p.findings.iter().map(cell).collect();
         let _infallible: std::fmt::Result = writeln!(
             s,
-            "{:>7} {:<16} {:<18} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6}  {}",
+            "{:>7} {:<16} {:<18} {:<13} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6}  {}",
             p.pid,
             truncate(p.comm.as_deref().unwrap_or_default(), 16),
             truncate(p.service_name.as_deref().unwrap_or("-"), 18),
+            // `sdk v1.47.0`, `api v1.47.0`, `agent 2.10.0`, `-` (none), `?` (unreadable);
+            // `*` marks a replaced module.
+            truncate(
+                &p.inventory
+                    .as_ref()
+                    .map_or_else(|| "?".to_owned(), |i| i.brief()),
+                13
+            ),
             st.outbound(),
             st.outbound_with(Propagation::W3c),
             st.other_context(),

@@ -113,7 +113,8 @@ fn environment_facts() {
         f,
         EnvFacts {
             otel_env: true,
-            service_name: Some("svc".into())
+            service_name: Some("svc".into()),
+            sdk_settings: SdkSettings::default(),
         }
     );
     // OTEL_SERVICE_NAME wins over the resource attribute, in any order.
@@ -124,6 +125,30 @@ fn environment_facts() {
     assert_eq!(f, EnvFacts::default());
     // Garbage never panics.
     let _f = EnvFacts::parse(&[0xff, b'=', 0, b'=', b'=']);
+}
+
+#[test]
+fn span_export_settings_and_a_java_agent() {
+    let f = EnvFacts::parse(
+        b"OTEL_TRACES_EXPORTER= Console \0OTEL_SDK_DISABLED=TRUE\0\
+          JAVA_TOOL_OPTIONS=-Xmx1g -javaagent:/otel/opentelemetry-javaagent.jar\0\
+          SECRET=-javaagent:/x/opentelemetry-javaagent-9.jar\0",
+    );
+    assert_eq!(
+        f.sdk_settings,
+        SdkSettings {
+            traces_exporter: Some("console".into()),
+            sdk_disabled: true,
+            java_agent: Some("opentelemetry-javaagent.jar".into()),
+        }
+    );
+    // JAVA_TOOL_OPTIONS alone is not an OTEL_* variable.
+    let f = EnvFacts::parse(b"JDK_JAVA_OPTIONS=-javaagent:/a/opentelemetry-javaagent.jar\0");
+    assert!(!f.otel_env);
+    assert_eq!(
+        f.sdk_settings.java_agent.as_deref(),
+        Some("opentelemetry-javaagent.jar")
+    );
 }
 
 #[test]

@@ -62,8 +62,10 @@ pub fn attributes(f: &Finding, extra: &[(&'static str, String)]) -> Vec<(Key, An
             Direction::Inbound => "inbound",
         },
     );
-    s("http.request.method", &f.key.method);
-    s("url.path", &f.key.path);
+    if !f.key.kind.is_process_level() {
+        s("http.request.method", &f.key.method);
+        s("url.path", &f.key.path);
+    }
     let exe_name = f
         .subject
         .exe
@@ -110,6 +112,29 @@ pub fn attributes(f: &Finding, extra: &[(&'static str, String)]) -> Vec<(Key, An
             continue;
         }
         a.push((Key::new(format!("tracegap.evidence.{k}")), v.clone().into()));
+    }
+    if let Some(inventory) = &f.subject.inventory {
+        if let Some(runtime) = &inventory.runtime {
+            a.push((
+                Key::from_static_str("process.runtime.name"),
+                runtime.name.into(),
+            ));
+            a.push((
+                Key::from_static_str("process.runtime.version"),
+                runtime.version.clone().into(),
+            ));
+        }
+        if !inventory.components.is_empty() {
+            let components: Vec<AnyValue> = inventory
+                .components
+                .iter()
+                .map(|c| c.describe().into())
+                .collect();
+            a.push((
+                Key::from_static_str("tracegap.otel.components"),
+                AnyValue::ListAny(Box::new(components)),
+            ));
+        }
     }
     for (k, v) in extra {
         a.push((Key::from_static_str(k), v.clone().into()));
@@ -185,6 +210,44 @@ mod tests {
             Some(&AnyValue::from("/users/{id}/orders/{id}"))
         );
         assert!(!format!("{a:?}").contains("/users/42"));
+    }
+
+    #[test]
+    fn the_process_runtime_and_its_opentelemetry_components() {
+        use std::sync::Arc;
+
+        use crate::attribute::inventory::{Component, Inventory, Role, Runtime};
+        let mut f = finding(1);
+        f.subject.inventory = Some(Arc::new(Inventory {
+            runtime: Some(Runtime {
+                name: "go",
+                version: "go1.26.8".into(),
+            }),
+            components: Arc::from(vec![Component {
+                name: "go.opentelemetry.io/otel/sdk".into(),
+                version: Some("v1.47.0".into()),
+                replaced: None,
+                role: Role::Sdk,
+            }]),
+            spans_off: None,
+        }));
+        let a = attributes(&f, &[]);
+        assert_eq!(get(&a, "process.runtime.name"), Some(&AnyValue::from("go")));
+        assert_eq!(
+            get(&a, "process.runtime.version"),
+            Some(&AnyValue::from("go1.26.8"))
+        );
+        assert_eq!(
+            get(&a, "tracegap.otel.components"),
+            Some(&AnyValue::ListAny(Box::new(vec![AnyValue::from(
+                "go.opentelemetry.io/otel/sdk@v1.47.0"
+            )])))
+        );
+        // Unknown: no attribute rather than a guess.
+        assert_eq!(
+            get(&attributes(&finding(1), &[]), "process.runtime.name"),
+            None
+        );
     }
 
     #[test]

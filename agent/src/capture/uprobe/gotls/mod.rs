@@ -196,7 +196,8 @@ pub fn inspect(data: &[u8]) -> Result<Inspection, GoError> {
     let pclntab = [".gopclntab", ".data.rel.ro.gopclntab"]
         .into_iter()
         .find_map(|name| obj.section_by_name(name));
-    let buildinfo = build_version(&obj);
+    // The version from `.go.buildinfo` (crate::buildinfo, shared with the OTel inventory).
+    let buildinfo = crate::buildinfo::go_version(data).ok().flatten();
     let Some(pclntab) = pclntab else {
         if buildinfo.is_some() {
             // A Go binary whose function table cannot be found: say so, do not skip quietly.
@@ -345,60 +346,6 @@ fn returns(data: &[u8], f: &Function) -> Result<Vec<u64>, GoError> {
         return Err(GoError::Returns(found.len()));
     }
     Ok(found)
-}
-
-/// `runtime.buildVersion` from `.go.buildinfo` (Go ≥ 1.13), e.g. `go1.19.8`.
-fn build_version(obj: &object::File<'_>) -> Option<String> {
-    const MAGIC: &[u8] = b"\xff Go buildinf:";
-    let section = obj.section_by_name(".go.buildinfo")?;
-    let data = section.data().ok()?;
-    if data.get(..MAGIC.len())? != MAGIC {
-        return None;
-    }
-    let (ptr_size, flags) = (*data.get(14)?, *data.get(15)?);
-    if flags & 2 != 0 {
-        // Go 1.18+: the version inline after the 32-byte header, with a varint length.
-        let (len, n) = uvarint(data.get(32..)?)?;
-        let start = 32 + n;
-        let bytes = data.get(start..start.checked_add(usize::try_from(len).ok()?)?)?;
-        return String::from_utf8(bytes.to_vec()).ok();
-    }
-    // Before 1.18: a pointer to the `string` header of runtime.buildVersion (little endian only).
-    if ptr_size != 8 || flags & 1 != 0 {
-        return None;
-    }
-    let header = read_at(obj, u64_at(data, 16)?, 16)?;
-    let (ptr, len) = (u64_at(header, 0)?, u64_at(header, 8)?);
-    if len > 64 {
-        return None;
-    }
-    String::from_utf8(read_at(obj, ptr, len)?.to_vec()).ok()
-}
-
-/// `len` bytes at virtual address `addr`, from the section that holds them in the file.
-fn read_at<'a>(obj: &object::File<'a>, addr: u64, len: u64) -> Option<&'a [u8]> {
-    obj.sections().find_map(|s| {
-        let within = addr.checked_sub(s.address())?;
-        let data = s.data().ok()?;
-        let start = usize::try_from(within).ok()?;
-        data.get(start..start.checked_add(usize::try_from(len).ok()?)?)
-    })
-}
-
-fn u64_at(data: &[u8], offset: usize) -> Option<u64> {
-    let bytes = data.get(offset..offset.checked_add(8)?)?;
-    Some(u64::from_le_bytes(bytes.try_into().ok()?))
-}
-
-fn uvarint(data: &[u8]) -> Option<(u64, usize)> {
-    let mut value = 0u64;
-    for (i, &b) in data.iter().enumerate().take(10) {
-        value |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            return Some((value, i + 1));
-        }
-    }
-    None
 }
 
 #[cfg(test)]

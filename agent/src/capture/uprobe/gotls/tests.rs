@@ -136,13 +136,6 @@ fn go_minor_versions() {
 }
 
 #[test]
-fn uvarints() {
-    assert_eq!(uvarint(&[8, 0xff]), Some((8, 1)));
-    assert_eq!(uvarint(&[0x96, 0x01]), Some((150, 2)));
-    assert_eq!(uvarint(&[0x80]), None);
-}
-
-#[test]
 fn non_go_files_are_not_go() {
     let exe = std::fs::read("/proc/self/exe").expect("read own executable");
     assert_eq!(inspect(&exe).expect("an ELF file"), Inspection::NotGo);
