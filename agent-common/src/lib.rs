@@ -60,6 +60,12 @@ pub const COMM_LEN: usize = 16;
 pub const GLOBAL_AGENT_TGID: &str = "AGENT_TGID";
 pub const GLOBAL_CAPTURE_CAP: &str = "CAPTURE_CAP";
 pub const GLOBAL_KERNEL_OFFSETS: &str = "KERNEL_OFFSETS";
+/// The floor programs (agent-ebpf floor.rs) and their raw tracepoints: attached by the bench
+/// only, never by the agent.
+pub const FLOOR_PROGRAMS: [(&str, &str); 2] = [
+    ("tracegap_floor_enter", "sys_enter"),
+    ("tracegap_floor_exit", "sys_exit"),
+];
 /// Map names, defined once for both sides.
 pub const MAP_EVENTS: &str = "EVENTS";
 pub const MAP_COUNTERS: &str = "COUNTERS";

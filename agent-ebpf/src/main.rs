@@ -9,6 +9,7 @@
 mod args;
 mod capture;
 mod export;
+mod floor;
 mod gotls;
 mod h2;
 mod io;

@@ -5,6 +5,7 @@
 mod churn;
 mod export;
 mod flood;
+mod floor;
 mod load;
 mod syscall;
 
@@ -34,6 +35,8 @@ enum Command {
     Churn(churn::Options),
     /// OTLP/HTTP trace exports to a loopback sink; prints the spans sent.
     ExportLoop(export::Options),
+    /// Attaches the empty floor programs to the raw syscall tracepoints until stdin closes.
+    Floor(floor::Options),
 }
 
 fn main() -> Result<()> {
@@ -43,6 +46,7 @@ fn main() -> Result<()> {
         Command::Flood(opts) => flood::run(&opts)?,
         Command::Churn(opts) => churn::run(&opts)?,
         Command::ExportLoop(opts) => export::run(&opts)?,
+        Command::Floor(opts) => floor::run(&opts)?,
     };
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{result}")?;

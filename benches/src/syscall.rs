@@ -3,7 +3,7 @@
 //! Each kind exercises one path of the eBPF programs: `write8` exits at the length check,
 //! `write64`/`sendto-other` read 8 bytes and fail the method check, `read64` pays the
 //! enter→exit stash of the receive side, `sendto-http` is captured into the ring buffer, and
-//! `sendto-post` too, after the kernel looked for an OTLP export path in its request line.
+//! `sendto-post` too, after the kernel compared its first 16 bytes with an OTLP export's.
 
 use std::{
     fs::File,
@@ -29,8 +29,8 @@ pub enum Kind {
     SendtoOther,
     /// `sendto` of an HTTP request on a full Unix datagram socket (captured).
     SendtoHttp,
-    /// `sendto` of an HTTP POST that is not an OTLP export (captured; the kernel looks for
-    /// `/v1/traces` at the end of its path).
+    /// `sendto` of an HTTP POST that is not an OTLP export (captured; the kernel compares its
+    /// first 16 bytes with `POST /v1/traces `).
     SendtoPost,
     /// fork + exec of `/bin/true` and its exit, waited for: the process records' cost
     /// (exec, fork, exit) per process started.

@@ -1,6 +1,7 @@
 //! 3: in-kernel cost per syscall. Tight loops of each syscall kind with the programs attached
-//! (the agent running) and without, interleaved; then the programs' own run time from BPF
-//! stats, in a separate pass because the accounting itself adds two clock reads per run.
+//! (the agent running), with only the floor attached (empty programs on the same raw
+//! tracepoints) and without, interleaved; then the programs' own run time from BPF stats, in a
+//! separate pass because the accounting itself adds two clock reads per run.
 
 use std::{collections::BTreeMap, process::Command};
 
@@ -114,31 +115,41 @@ fn on_round(ctx: &Ctx, round: usize) -> Result<OnRound> {
     })
 }
 
+/// The loops with only the floor programs attached (see benches/src/floor.rs).
+fn floor_round(ctx: &Ctx) -> Result<BTreeMap<&'static str, f64>> {
+    let _floor = procs::Floor::attach(&ctx.bench_bin)?;
+    all_kinds(ctx)
+}
+
 pub fn run(ctx: &Ctx) -> Result<Value> {
     let mut rounds = Vec::new();
     for round in 0..ctx.plan.rounds {
-        let (off, on) = if round % 2 == 0 {
+        // Interleaved: off, floor, on in even rounds, the reverse in odd ones.
+        let (off, floor, on) = if round % 2 == 0 {
             let off = all_kinds(ctx)?;
-            (off, on_round(ctx, round)?)
+            let floor = floor_round(ctx)?;
+            (off, floor, on_round(ctx, round)?)
         } else {
             let on = on_round(ctx, round)?;
-            (all_kinds(ctx)?, on)
+            let floor = floor_round(ctx)?;
+            (all_kinds(ctx)?, floor, on)
         };
         eprintln!(
             "bench: syscall round {}: {}",
             round + 1,
             KINDS
                 .iter()
-                .map(|(k, _)| format!("{k} {:.0}/{:.0} ns", off[k], on.ns[k]))
+                .map(|(k, _)| format!("{k} {:.0}/{:.0}/{:.0} ns", off[k], floor[k], on.ns[k]))
                 .collect::<Vec<_>>()
                 .join(", ")
+                + " (off/floor/on)"
         );
-        rounds.push((off, on));
+        rounds.push((off, floor, on));
     }
     let mut kinds = serde_json::Map::new();
     for &(kind, captured) in KINDS {
         let programs: BTreeMap<String, Vec<f64>> =
-            rounds.iter().fold(BTreeMap::new(), |mut acc, (_, on)| {
+            rounds.iter().fold(BTreeMap::new(), |mut acc, (_, _, on)| {
                 for (name, _, per_run) in on.bpf.get(kind).into_iter().flatten() {
                     acc.entry(name.clone()).or_default().push(*per_run);
                 }
@@ -153,9 +164,13 @@ pub fn run(ctx: &Ctx) -> Result<Value> {
             kind.to_owned(),
             json!({
                 "captured": captured,
-                "ns_off": median(rounds.iter().map(|(off, _)| off[kind])),
-                "ns_on": median(rounds.iter().map(|(_, on)| on.ns[kind])),
-                "ns_added": median(rounds.iter().map(|(off, on)| on.ns[kind] - off[kind])),
+                "ns_off": median(rounds.iter().map(|(off, _, _)| off[kind])),
+                "ns_floor": median(rounds.iter().map(|(_, floor, _)| floor[kind])),
+                "ns_on": median(rounds.iter().map(|(_, _, on)| on.ns[kind])),
+                "ns_added": median(rounds.iter().map(|(off, _, on)| on.ns[kind] - off[kind])),
+                // What any raw syscall tracepoint costs, and tracegap's own work above it.
+                "ns_floor_added": median(rounds.iter().map(|(off, floor, _)| floor[kind] - off[kind])),
+                "ns_above_floor": median(rounds.iter().map(|(_, floor, on)| on.ns[kind] - floor[kind])),
                 "bpf_ns_per_run": programs,
                 "bpf_ns_total": bpf_total,
             }),
@@ -165,6 +180,6 @@ pub fn run(ctx: &Ctx) -> Result<Value> {
         "syscall_loop_count": ctx.plan.syscall_loop_count,
         "capture_loop_count": ctx.plan.capture_loop_count,
         "kinds": kinds,
-        "ringbuf_full": rounds.iter().map(|(_, on)| on.ringbuf_full).sum::<u64>(),
+        "ringbuf_full": rounds.iter().map(|(_, _, on)| on.ringbuf_full).sum::<u64>(),
     }))
 }

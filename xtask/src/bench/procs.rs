@@ -239,6 +239,48 @@ impl Drop for Agent {
     }
 }
 
+/// The floor programs attached by `tracegap-bench floor` (benches/src/floor.rs); detached
+/// when the guard drops (stdin closed, then the process waited for).
+pub struct Floor {
+    child: Option<Child>,
+}
+
+impl Floor {
+    pub fn attach(bench_bin: &Path) -> Result<Self> {
+        let object = crate::exec::workspace_root().join("agent-ebpf/prebuilt/tracegap.bpf.o");
+        let mut child = Command::new(bench_bin)
+            .arg("floor")
+            .arg("--object")
+            .arg(&object)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {} floor", bench_bin.display()))?;
+        let mut guard = Self { child: None };
+        let stdout = child.stdout.take().context("floor stdout")?;
+        guard.child = Some(child);
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let attached: Value = serde_json::from_str(&line)
+            .with_context(|| format!("tracegap-bench floor did not attach: {line:?}"))?;
+        if attached["attached"].as_u64() != Some(2) {
+            bail!("tracegap-bench floor: {line}");
+        }
+        Ok(guard)
+    }
+}
+
+impl Drop for Floor {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            drop(child.stdin.take());
+            if let Err(e) = stop_child(&mut child, libc::SIGTERM, Duration::from_secs(10)) {
+                eprintln!("bench: stopping the floor: {e:#}");
+            }
+        }
+    }
+}
+
 /// nginx serving a small response on a loopback port, from a config in the bench directory.
 pub struct Nginx {
     child: Option<Child>,
