@@ -124,6 +124,9 @@ impl Session {
             receiver_ports,
         })
         .context("starting the kernel capture")?;
+        // Loading the object and reading every TLS library and Go executable for its probes
+        // allocates tens of MiB for a moment; give them back now rather than keep them as RSS.
+        release_freed_memory();
         let pods = k8s::start_in_cluster();
         let pipeline = Pipeline::new(
             span_grace,
@@ -190,7 +193,11 @@ impl Session {
                 let snapshot = self.pipeline.tick(SystemTime::now(), self.capture_status());
                 return Ok(Step::Tick(Box::new(self.with_receiver(snapshot))));
             }
-            Wake::Sweep => self.pipeline.sweep(),
+            Wake::Sweep => {
+                self.pipeline.sweep();
+                // A burst (a flood of records, a large export) leaves freed memory behind.
+                release_freed_memory();
+            }
         }
         Ok(Step::Handled)
     }
@@ -235,5 +242,15 @@ impl Session {
     fn add_receiver(mut snapshot: Snapshot, receiver: &ReceiverStats) -> Snapshot {
         snapshot.receiver = Some(receiver.named().to_vec());
         snapshot
+    }
+}
+
+/// Returns memory the allocator holds freed to the kernel: glibc keeps freed heap for reuse,
+/// so one startup scan or burst would otherwise stay in the agent's RSS for good.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim has no preconditions; it only releases free memory.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
