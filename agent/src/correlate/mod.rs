@@ -20,7 +20,7 @@ use self::{
 };
 use crate::{
     attribute::Subject,
-    findings::{FindingKey, FindingKind, Target},
+    findings::{FindingKey, FindingKind, Target, TracePlace},
     model::{otlp, Direction, Protocol, MAX_PROCESSES},
     otlp::{ExportBatch, Transport},
     parse::Request,
@@ -34,6 +34,9 @@ pub struct Raised {
     pub subject: Option<Subject>,
     pub evidence: BTreeMap<String, String>,
     pub at: SystemTime,
+    /// Where this occurrence goes in a trace, when annotating (`--trace-annotations`) and the
+    /// rule knows the trace.
+    pub place: Option<TracePlace>,
 }
 
 /// What correlation needs to know about the process that sent a request; the peer and the
@@ -61,6 +64,12 @@ pub struct CorrelateCounters {
     pub unattributed_batches: u64,
     /// Processes whose request counts were forgotten to stay within `MAX_PROCESSES`.
     pub stats_evicted: u64,
+    /// Export batches sent by the agent itself (its trace annotations reaching its own
+    /// receiver): never judged.
+    pub own_batches_ignored: u64,
+    /// Spans marked `tracegap.annotation=true` (a tracegap's annotations, forwarded or read
+    /// off the wire of a collector): never judged.
+    pub annotation_spans_ignored: u64,
 }
 
 pub struct Correlator {
@@ -69,6 +78,8 @@ pub struct Correlator {
     instrumentation: Instrumentation,
     span_grace: Duration,
     counters: CorrelateCounters,
+    /// The agent's own pid: its exports are never judged.
+    own_pid: u32,
 }
 
 impl Correlator {
@@ -79,7 +90,13 @@ impl Correlator {
             instrumentation: Instrumentation::default(),
             span_grace,
             counters: CorrelateCounters::default(),
+            own_pid: std::process::id(),
         }
+    }
+
+    /// From now on, findings the rules can place in a trace carry their [`TracePlace`].
+    pub fn annotate(&mut self) {
+        self.traces.annotate();
     }
 
     /// A connection started HTTP/2. To the OTLP/gRPC port it is a span export: the process is
@@ -146,12 +163,28 @@ impl Correlator {
         let Some((key, evidence)) = key else {
             return;
         };
+        // A request without context while handling traced request T: where T ended.
+        let place = match key.kind {
+            FindingKind::MissingTraceparent | FindingKind::UninstrumentedClient => {
+                self.traces.handling_place(pid, at)
+            }
+            _ => None,
+        };
         if key.kind == FindingKind::UninstrumentedClient {
             // The process may export spans a moment later (SDKs export after the request):
             // decide between missing_traceparent and uninstrumented_client once that had time.
             let identity_known = sender.identity_known();
-            self.instrumentation
-                .defer(key, sender.subject(), identity_known, evidence, at, out);
+            self.instrumentation.defer(
+                Raised {
+                    key,
+                    subject: Some(sender.subject()),
+                    evidence,
+                    at,
+                    place,
+                },
+                identity_known,
+                out,
+            );
             return;
         }
         out.push(Raised {
@@ -159,6 +192,7 @@ impl Correlator {
             subject: Some(sender.subject()),
             evidence,
             at,
+            place,
         });
     }
 
@@ -169,11 +203,14 @@ impl Correlator {
             self.counters.unattributed_batches += 1;
             return;
         };
-        self.instrumentation.saw_exporter(pid);
-        self.stats_of(pid).spans_exported += batch.spans.len() as u64;
+        if pid == self.own_pid {
+            self.counters.own_batches_ignored += 1;
+            return;
+        }
         let spans: Vec<ExportedSpan> = batch
             .spans
             .iter()
+            .filter(|s| !s.annotation)
             .map(|s| ExportedSpan {
                 trace_id: s.trace_id,
                 span_id: s.span_id,
@@ -182,6 +219,17 @@ impl Correlator {
                 end: SystemTime::UNIX_EPOCH + Duration::from_nanos(s.end_unix_nanos),
             })
             .collect();
+        let annotations = batch.spans.len() - spans.len();
+        if annotations > 0 {
+            self.counters.annotation_spans_ignored += annotations as u64;
+            if spans.is_empty() {
+                // Only tracegap's annotations (e.g. a collector's received exports read off
+                // the wire): says nothing about the process.
+                return;
+            }
+        }
+        self.instrumentation.saw_exporter(pid);
+        self.stats_of(pid).spans_exported += spans.len() as u64;
         if let Some(evidence) = self.traces.exported(pid, batch.received_at, &spans) {
             let protocol = match batch.transport {
                 Transport::Grpc => Protocol::Grpc,
@@ -198,6 +246,7 @@ impl Correlator {
                 subject: None,
                 evidence,
                 at: batch.received_at,
+                place: None,
             });
         }
     }
@@ -211,6 +260,7 @@ impl Correlator {
                 subject: None,
                 evidence: f.evidence,
                 at: f.at,
+                place: f.place,
             });
         }
     }
