@@ -284,6 +284,33 @@ mod tests {
     }
 
     #[test]
+    fn annotation_spans_are_marked() {
+        let span = |attributes| Span {
+            trace_id: vec![1; 16],
+            span_id: vec![2; 8],
+            attributes,
+            ..Span::default()
+        };
+        let marked = |attributes| span_record(span(attributes)).map(|r| r.annotation);
+        assert_eq!(marked(vec![]), Some(false));
+        assert_eq!(
+            marked(vec![kv(ANNOTATION_ATTRIBUTE, Value::BoolValue(true))]),
+            Some(true)
+        );
+        assert_eq!(
+            marked(vec![kv(
+                ANNOTATION_ATTRIBUTE,
+                Value::StringValue("true".into())
+            )]),
+            Some(true)
+        );
+        assert_eq!(
+            marked(vec![kv(ANNOTATION_ATTRIBUTE, Value::BoolValue(false))]),
+            Some(false)
+        );
+    }
+
+    #[test]
     fn json_ids_are_hex() {
         let json = br#"{"resourceSpans":[{"resource":{"attributes":[
             {"key":"service.name","value":{"stringValue":"svc"}},
