@@ -56,6 +56,17 @@ pub struct WatchArgs {
     #[arg(long, value_enum, default_value_t = Switch::On)]
     pub path_template: Switch,
 
+    /// Add the findings to the traces they broke, as spans exported over OTLP (default: on
+    /// when a traces endpoint is configured: --otlp-endpoint, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT
+    /// or OTEL_EXPORTER_OTLP_ENDPOINT).
+    #[arg(long, value_enum)]
+    pub trace_annotations: Option<Switch>,
+
+    /// Shortest interval between two trace annotations of the same finding (the occurrences in
+    /// between are counted as annotations_rate_limited, not annotated).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub trace_annotation_interval: Duration,
+
     /// Stop after this long (for scripts and benchmarks).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,

@@ -248,6 +248,35 @@ impl Finding {
     }
 }
 
+/// Where one occurrence of a finding goes in a trace: the span tracegap adds to the broken
+/// trace (`--trace-annotations`). Set by the rule that raised the finding, from the contexts
+/// and spans it judged; the OTLP report turns it into a span as it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TracePlace {
+    /// The trace the span goes in: the inbound trace T being handled (`broken_context`,
+    /// `missing_traceparent`), or the missing span's own trace (`unexported_span`).
+    pub trace_id: [u8; 16],
+    /// The span's own id: the missing span's (`unexported_span`, a placeholder its orphaned
+    /// children hang from); `None`: a new id.
+    pub span_id: Option<[u8; 8]>,
+    /// Its parent: the process's server span for T when it exported one, else T's parent id as
+    /// received; `None`: a root.
+    pub parent_span_id: Option<[u8; 8]>,
+    /// `broken_context`: the context of the new trace the process started instead (trace id,
+    /// span id of the outbound `traceparent`).
+    pub link: Option<([u8; 16], [u8; 8])>,
+    pub start: SystemTime,
+    pub end: SystemTime,
+}
+
+/// One finding occurrence placed in its trace: what the snapshot publishes for the OTLP trace
+/// export. `finding` is the finding as recorded with that occurrence.
+#[derive(Clone, Debug)]
+pub struct Annotation {
+    pub finding: Finding,
+    pub place: TracePlace,
+}
+
 /// Bound on distinct findings kept; past it the least recently seen one is evicted (counted).
 pub const MAX_FINDINGS: usize = 10_000;
 
@@ -330,6 +359,10 @@ impl FindingStore {
             .into_iter()
             .filter_map(|k| self.findings.get(&k).cloned())
             .collect()
+    }
+
+    pub fn get(&self, key: &FindingKey) -> Option<&Finding> {
+        self.findings.get(key)
     }
 
     pub fn all(&self) -> impl Iterator<Item = &Finding> {

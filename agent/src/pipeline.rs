@@ -7,6 +7,7 @@
 //! ```
 
 use std::{
+    collections::HashMap,
     net::SocketAddr,
     path::Path,
     time::{Duration, SystemTime},
@@ -16,11 +17,11 @@ use crate::{
     attribute::{k8s::PodIndex, process::ProcessInfo, Attributor, Subject},
     capture::{CapturedEvent, DecodeError, Record},
     correlate::{Correlator, Raised, Sender},
-    findings::FindingStore,
+    findings::{Annotation, FindingKey, FindingStore, MAX_FINDINGS},
     model::{Direction, KernelCounters},
     otlp::{Attribution, ExportBatch},
     parse::{export::ExportConnection, Parser, Request},
-    snapshot::{AgentCounters, FindingBrief, ProcessRow, Snapshot},
+    snapshot::{AgentCounters, AnnotationCounters, FindingBrief, ProcessRow, Snapshot},
 };
 
 /// Where the span rules get their spans (`--span-intake`).
@@ -58,6 +59,48 @@ pub struct Pipeline {
     receiver_batches_ignored: u64,
     /// HTTP/2 connections found to carry trace exports, for the kernel to read whole.
     export_connections: Vec<ExportConnection>,
+    /// `--trace-annotations`: findings placed in their traces, at most one per identity per
+    /// interval.
+    annotations: Option<Annotations>,
+}
+
+/// Findings placed in their traces, for the next snapshot.
+struct Annotations {
+    /// Shortest interval between two annotations of one finding identity.
+    min_interval: Duration,
+    /// When each identity was last annotated (occurrence time).
+    last: HashMap<FindingKey, SystemTime>,
+    pending: Vec<Annotation>,
+    published: u64,
+    rate_limited: u64,
+    dropped: u64,
+}
+
+/// Annotations held for one snapshot; past it they are dropped (counted).
+const MAX_PENDING_ANNOTATIONS: usize = 4096;
+
+impl Annotations {
+    /// Whether an occurrence of `key` at `at` is annotated (counted when not).
+    fn admit(&mut self, key: &FindingKey, at: SystemTime) -> bool {
+        if let Some(last) = self.last.get(key) {
+            if at.duration_since(*last).unwrap_or_default() < self.min_interval {
+                self.rate_limited += 1;
+                return false;
+            }
+        }
+        if self.pending.len() >= MAX_PENDING_ANNOTATIONS {
+            self.dropped += 1;
+            return false;
+        }
+        if self.last.len() >= 2 * MAX_FINDINGS {
+            let horizon = at
+                .checked_sub(self.min_interval)
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            self.last.retain(|_, t| *t >= horizon);
+        }
+        self.last.insert(key.clone(), at);
+        true
+    }
 }
 
 impl Pipeline {
@@ -75,7 +118,23 @@ impl Pipeline {
             use_receiver: intake.use_receiver,
             receiver_batches_ignored: 0,
             export_connections: Vec::new(),
+            annotations: None,
         }
+    }
+
+    /// Places findings in their traces from now on (`--trace-annotations`): each occurrence
+    /// the rules can place is published in the snapshot, at most one per finding identity per
+    /// `min_interval` (the others counted as `annotations_rate_limited`).
+    pub fn annotate(&mut self, min_interval: Duration) {
+        self.correlator.annotate();
+        self.annotations = Some(Annotations {
+            min_interval,
+            last: HashMap::new(),
+            pending: Vec::new(),
+            published: 0,
+            rate_limited: 0,
+            dropped: 0,
+        });
     }
 
     /// One ring buffer record.
@@ -222,8 +281,21 @@ impl Pipeline {
             if subject.service_name.is_none() {
                 subject.service_name = self.attributor.service_name(r.key.pid);
             }
+            let key = r.key.clone();
             self.findings
                 .record_many(r.key, &subject, r.evidence, r.at, r.count);
+            let (Some(place), Some(a)) = (r.place, &mut self.annotations) else {
+                continue;
+            };
+            if !a.admit(&key, r.at) {
+                continue;
+            }
+            if let Some(f) = self.findings.get(&key) {
+                a.pending.push(Annotation {
+                    finding: f.clone(),
+                    place,
+                });
+            }
         }
     }
 
@@ -259,7 +331,7 @@ impl Pipeline {
         for p in &mut processes {
             p.findings.sort();
         }
-        let agent = AgentCounters {
+        let mut agent = AgentCounters {
             events: self.events,
             process_records: self.process_records,
             decode_errors: self.decode_errors,
@@ -275,7 +347,18 @@ impl Pipeline {
             findings: self.findings.len() as u64,
             findings_evicted: self.findings.evicted,
             processes_with_stats: self.correlator.stats().len() as u64,
+            annotations: AnnotationCounters::default(),
         };
+        let mut annotations = Vec::new();
+        if let Some(a) = &mut self.annotations {
+            annotations = std::mem::take(&mut a.pending);
+            a.published += annotations.len() as u64;
+            agent.annotations = AnnotationCounters {
+                published: a.published,
+                rate_limited: a.rate_limited,
+                dropped: a.dropped,
+            };
+        }
         Snapshot {
             taken_at: Some(now),
             changed: self.findings.take_changed(),
@@ -285,6 +368,7 @@ impl Pipeline {
             agent,
             receiver: None,
             ring_lag_ms: capture.ring_lag_ms,
+            annotations,
         }
     }
 }

@@ -48,6 +48,17 @@ async fn watch(args: WatchArgs, shutdown: impl Future<Output = ()>) -> anyhow::R
         export::FindingsExporter::from_env(args.otlp_endpoint.as_deref(), args.report_interval)
             .context("configuring the OTLP export of findings")?
             .map(|x| x.with_path_template(args.path_template.is_on()));
+    let mut annotations = export::AnnotationExporter::from_env(
+        args.otlp_endpoint.as_deref(),
+        args.trace_annotations.map(|s| s.is_on()),
+        args.path_template.is_on(),
+    )
+    .context("configuring the trace annotations")?;
+    if annotations.is_some() {
+        session
+            .pipeline_mut()
+            .annotate(args.trace_annotation_interval);
+    }
     let mut reporter = Reporter::new(output, Box::new(std::io::stdout()));
     let deadline = async {
         match args.duration {
@@ -73,6 +84,9 @@ async fn watch(args: WatchArgs, shutdown: impl Future<Output = ()>) -> anyhow::R
             if let Some(x) = &mut exporter {
                 x.offer(&snapshot);
             }
+            if let Some(x) = &mut annotations {
+                x.offer(&snapshot);
+            }
             if let Err(e) = reporter.tick(&snapshot) {
                 log::warn!("writing the report failed: {e}");
             }
@@ -85,6 +99,10 @@ async fn watch(args: WatchArgs, shutdown: impl Future<Output = ()>) -> anyhow::R
         .finish(&end.snapshot)
         .context("writing the final report")?;
     // After the local report, which must not wait for a slow backend (bounded: 5 s).
+    if let Some(mut x) = annotations {
+        x.offer(&end.snapshot);
+        x.shutdown().await;
+    }
     if let Some(mut x) = exporter {
         x.offer(&end.snapshot);
         x.shutdown().await;

@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, sync::Arc, time::SystemTime};
 use crate::{
     attribute::{inventory::Inventory, AttributeCounters},
     correlate::{traces::TraceCounters, CorrelateCounters, ProcessStats},
-    findings::{Finding, FindingKind},
+    findings::{Annotation, Finding, FindingKind},
     model::{KernelCounters, Protocol},
     parse::{export::ExportCounters, ParseCounters},
 };
@@ -31,6 +31,9 @@ pub struct Snapshot {
     /// Milliseconds from the kernel timestamp of the last record of the latest ring buffer
     /// batch to its processing: how far behind the agent reads.
     pub ring_lag_ms: u64,
+    /// Finding occurrences placed in their traces since the previous snapshot
+    /// (`--trace-annotations`; empty when off), for the OTLP trace export.
+    pub annotations: Vec<Annotation>,
 }
 
 /// One process that sent or received requests.
@@ -82,6 +85,18 @@ pub struct AgentCounters {
     pub findings: u64,
     pub findings_evicted: u64,
     pub processes_with_stats: u64,
+    pub annotations: AnnotationCounters,
+}
+
+/// Findings placed in their traces (`--trace-annotations`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AnnotationCounters {
+    /// Published for the OTLP trace export.
+    pub published: u64,
+    /// Not placed: the identity was annotated less than `--trace-annotation-interval` before.
+    pub rate_limited: u64,
+    /// Not placed: more than the snapshot holds between two ticks.
+    pub dropped: u64,
 }
 
 impl AgentCounters {
@@ -106,6 +121,9 @@ impl AgentCounters {
             ("findings", self.findings),
             ("findings_evicted", self.findings_evicted),
             ("processes_with_stats", self.processes_with_stats),
+            ("annotations", self.annotations.published),
+            ("annotations_rate_limited", self.annotations.rate_limited),
+            ("annotations_dropped", self.annotations.dropped),
         ]);
         named
     }
@@ -154,7 +172,7 @@ impl AttributeCounters {
 }
 
 impl CorrelateCounters {
-    pub fn named(&self) -> [(&'static str, u64); 7] {
+    pub fn named(&self) -> [(&'static str, u64); 9] {
         [
             ("undetermined", self.undetermined),
             ("telemetry_exports", self.telemetry_exports),
@@ -163,6 +181,8 @@ impl CorrelateCounters {
             ("stats_evicted", self.stats_evicted),
             ("sdk_wiring_pending_at_exit", self.wiring.pending_at_exit),
             ("sdk_wiring_not_held", self.wiring.not_held),
+            ("own_batches_ignored", self.own_batches_ignored),
+            ("annotation_spans_ignored", self.annotation_spans_ignored),
         ]
     }
 }

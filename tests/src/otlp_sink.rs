@@ -36,6 +36,7 @@ use opentelemetry_proto::tonic::{
     common::v1::{any_value, KeyValue},
     logs::v1::LogRecord,
     metrics::v1::{metric, NumberDataPoint},
+    trace::v1::Span,
 };
 use prost::Message as _;
 use tonic::{
@@ -49,6 +50,8 @@ struct Received {
     metrics: Mutex<Vec<ExportMetricsServiceRequest>>,
     /// Trace export requests (any transport, any encoding).
     trace_requests: std::sync::atomic::AtomicUsize,
+    /// Trace export requests over gRPC, and over HTTP with an uncompressed protobuf body.
+    traces: Mutex<Vec<ExportTraceServiceRequest>>,
 }
 
 /// Stops both servers on drop.
@@ -144,6 +147,27 @@ impl OtlpSink {
     /// Trace export requests received.
     pub fn trace_requests(&self) -> usize {
         self.received.trace_requests.load(Ordering::SeqCst)
+    }
+
+    /// Every span received (gRPC, or HTTP with uncompressed protobuf), with its resource
+    /// attributes.
+    pub fn spans(&self) -> Vec<(Vec<KeyValue>, Span)> {
+        let mut out = Vec::new();
+        for req in self.received.traces.lock().expect("lock").iter() {
+            for rs in &req.resource_spans {
+                let resource = rs
+                    .resource
+                    .clone()
+                    .map(|r| r.attributes)
+                    .unwrap_or_default();
+                for ss in &rs.scope_spans {
+                    for s in &ss.spans {
+                        out.push((resource.clone(), s.clone()));
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// Every log record received, with its resource attributes.
@@ -280,9 +304,14 @@ impl MetricsService for Sink {
 impl TraceService for Sink {
     async fn export(
         &self,
-        _request: tonic::Request<ExportTraceServiceRequest>,
+        request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         self.0.trace_requests.fetch_add(1, Ordering::SeqCst);
+        self.0
+            .traces
+            .lock()
+            .expect("lock")
+            .push(request.into_inner());
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
 }
@@ -366,9 +395,12 @@ fn serve_http(stream: TcpStream, received: &Received) {
                 received.metrics.lock().expect("lock").push(req);
                 "200 OK"
             }
-            // Protobuf or JSON, maybe gzip: counted, not decoded (the agent decodes them).
+            // Protobuf or JSON, maybe gzip: counted; kept when it decodes as protobuf.
             "/v1/traces" => {
                 received.trace_requests.fetch_add(1, Ordering::SeqCst);
+                if let Ok(req) = ExportTraceServiceRequest::decode(&body[..]) {
+                    received.traces.lock().expect("lock").push(req);
+                }
                 "200 OK"
             }
             _ => "404 Not Found",

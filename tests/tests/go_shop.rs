@@ -20,8 +20,9 @@ use serde_json::json;
 use tracegap_tests::{findings_of, kinds_of, last_counters, show};
 
 use harness::{
-    agent, assert_clean, assert_full_coverage, assert_route, collector, coverage, settle,
-    the_finding, wait_for_go_tls_probes, Export, Jaeger, Setup, Shop, CHARGE, COMPLETE_TRACE,
+    agent, annotating_agent, assert_clean, assert_full_coverage, assert_route, collector, coverage,
+    settle, the_finding, wait_for_go_tls_probes, Export, Jaeger, Setup, Shop, CHARGE,
+    COMPLETE_TRACE,
 };
 
 /// Mode (a), every switch off: no finding for any shop process, every request carries W3C
@@ -574,4 +575,184 @@ fn go_shop_exporting_to_a_collector_broken_context_and_syncer_from_the_wire() {
     let mut others = vec![shop.pids()[0], shop.pids()[3]];
     others.push(("loadgen", load.pid));
     assert_clean(&lines, &others);
+}
+
+/// The annotation span named `name` of a trace from Jaeger's query API, after checking the
+/// whole trace: every span's parent is in it and no span carries Jaeger's "invalid parent span
+/// IDs" warning.
+#[track_caller]
+fn annotation_in<'a>(
+    trace: &'a serde_json::Value,
+    name: &str,
+    service: &str,
+) -> &'a serde_json::Value {
+    let spans = trace["spans"].as_array().expect("spans");
+    for s in spans {
+        let warnings = s["warnings"].to_string();
+        assert!(
+            !warnings.contains("invalid parent"),
+            "span {} {}: {warnings}\n{trace}",
+            s["operationName"],
+            s["spanID"]
+        );
+        if let Some(parent) = s["references"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["refType"] == "CHILD_OF"))
+        {
+            assert!(
+                spans.iter().any(|x| x["spanID"] == parent["spanID"]),
+                "the parent of {} is in the trace: {trace}",
+                s["operationName"]
+            );
+        }
+    }
+    let a = spans
+        .iter()
+        .find(|s| s["operationName"] == name)
+        .unwrap_or_else(|| panic!("no {name:?} in {trace}"));
+    let process = &trace["processes"][a["processID"].as_str().expect("processID")];
+    assert_eq!(process["serviceName"], service, "{a}");
+    let tags = a["tags"].as_array().expect("tags");
+    let tag = |k: &str| {
+        tags.iter()
+            .find(|t| t["key"] == k)
+            .map(|t| t["value"].clone())
+    };
+    assert_eq!(tag("tracegap.annotation"), Some(json!(true)), "{a}");
+    assert_eq!(tag("span.kind"), Some(json!("internal")), "{a}");
+    a
+}
+
+/// Checkout's never-ended client span, as Jaeger shows it: without tracegap, inventory's
+/// server span names a parent that never arrives ("invalid parent span IDs"); with the
+/// placeholder `tracegap: span never exported` (the missing span's own id, under checkout's
+/// server span), the purchase is one connected trace again. One annotation per minute for the
+/// finding: the other purchases stay as they were (the control), counted as rate limited.
+#[test]
+fn go_shop_unexported_span_placeholder_reconnects_the_trace_in_jaeger() {
+    let jaeger = Jaeger::start();
+    let agent = annotating_agent(&jaeger, "60s");
+    let shop = Shop::start(
+        Export::to_agent(&agent),
+        Setup::default().fault("checkout", "unended-span"),
+    );
+    let load = shop.load(10);
+    let pid = shop.checkout.pid();
+    agent.wait_for("unexported_span", Duration::from_secs(30), |lines| {
+        findings_of(lines, pid)
+            .iter()
+            .any(|f| f["kind"] == "unexported_span" && f["count"] == 10)
+    });
+    let (id, trace) = jaeger.wait_annotated(&load.trace_ids, "tracegap: span never exported");
+    let a = annotation_in(&trace, "tracegap: span never exported", "checkout");
+    let spans = trace["spans"].as_array().expect("spans");
+    let children: Vec<_> = spans
+        .iter()
+        .filter(|s| {
+            s["references"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|r| r["spanID"] == a["spanID"]))
+        })
+        .collect();
+    assert!(
+        !children.is_empty(),
+        "inventory's server span hangs from the placeholder: {trace}"
+    );
+    for c in children {
+        let p = &trace["processes"][c["processID"].as_str().expect("processID")];
+        assert_eq!(p["serviceName"], "inventory", "{c}");
+    }
+    // The control: another purchase, not annotated, has the orphan and Jaeger's warning.
+    let (other, _) = load
+        .trace_ids
+        .iter()
+        .find(|(t, _)| *t != id)
+        .expect("another purchase");
+    let other = jaeger
+        .raw_trace(other)
+        .expect("the other purchase in Jaeger");
+    assert!(
+        other.to_string().contains("invalid parent"),
+        "without the placeholder Jaeger warns: {other}"
+    );
+    let lines = agent.stop();
+    let counters = last_counters(&lines);
+    assert_eq!(counters["agent"]["annotations"], 1, "{counters}");
+    assert_eq!(
+        counters["agent"]["annotations_rate_limited"], 9,
+        "{counters}"
+    );
+}
+
+/// Frontend without otelhttp: `tracegap: missing_traceparent` in the purchase trace T where it
+/// ends, naming the call to checkout.
+#[test]
+fn go_shop_missing_traceparent_annotation_in_jaeger() {
+    let jaeger = Jaeger::start();
+    let agent = annotating_agent(&jaeger, "0s");
+    let shop = Shop::start(
+        Export::to_agent(&agent),
+        Setup::default().fault("frontend", "no-transport"),
+    );
+    let load = shop.load(10);
+    let (_, trace) = jaeger.wait_annotated(&load.trace_ids, "tracegap: missing_traceparent");
+    let a = annotation_in(&trace, "tracegap: missing_traceparent", "frontend");
+    let tags = a["tags"].as_array().expect("tags");
+    let tag = |k: &str| {
+        tags.iter()
+            .find(|t| t["key"] == k)
+            .map(|t| t["value"].clone())
+    };
+    assert_eq!(tag("url.path"), Some(json!("/checkout")), "{a}");
+    assert_eq!(tag("http.request.method"), Some(json!("POST")), "{a}");
+    assert_eq!(
+        tag("server.port"),
+        Some(json!(i64::from(shop.checkout_port))),
+        "{a}"
+    );
+    drop(agent.stop());
+}
+
+/// Checkout's goroutine with `context.Background()`: `tracegap: broken_context` in the purchase
+/// trace T, under checkout's server span, linked to the new trace checkout started.
+#[test]
+fn go_shop_broken_context_annotation_in_jaeger() {
+    let jaeger = Jaeger::start();
+    let agent = annotating_agent(&jaeger, "0s");
+    let shop = Shop::start(
+        Export::to_agent(&agent),
+        Setup::default().fault("checkout", "background-context"),
+    );
+    let load = shop.load(10);
+    let (id, trace) = jaeger.wait_annotated(&load.trace_ids, "tracegap: broken_context");
+    let a = annotation_in(&trace, "tracegap: broken_context", "checkout");
+    let refs = a["references"].as_array().expect("references");
+    let parent = refs
+        .iter()
+        .find(|r| r["refType"] == "CHILD_OF")
+        .expect("a parent");
+    let spans = trace["spans"].as_array().expect("spans");
+    let server = spans
+        .iter()
+        .find(|s| s["spanID"] == parent["spanID"])
+        .expect("parent in the trace");
+    let p = &trace["processes"][server["processID"].as_str().expect("processID")];
+    assert_eq!(
+        p["serviceName"], "checkout",
+        "under checkout's server span: {server}"
+    );
+    let link = refs
+        .iter()
+        .find(|r| r["traceID"] != id.as_str())
+        .unwrap_or_else(|| panic!("a link to the new trace: {a}"));
+    let linked = jaeger
+        .raw_trace(link["traceID"].as_str().expect("traceID"))
+        .expect("the new trace is in Jaeger");
+    assert!(
+        linked["spans"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s["spanID"] == link["spanID"])),
+        "the linked span is in the new trace: {linked}"
+    );
+    drop(agent.stop());
 }

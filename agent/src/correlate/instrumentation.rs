@@ -9,15 +9,12 @@
 //! window): what [`needs_wiring_verdict`] decides.
 
 use std::{
-    collections::{BTreeMap, HashSet, VecDeque},
+    collections::{HashSet, VecDeque},
     time::{Duration, SystemTime},
 };
 
 use super::Raised;
-use crate::{
-    attribute::{inventory::Inventory, Subject},
-    findings::{FindingKey, FindingKind},
-};
+use crate::{attribute::inventory::Inventory, findings::FindingKind};
 
 /// How long a process has to show it is instrumented (export spans) after a request without
 /// context, before the request is called `uninstrumented_client`.
@@ -28,13 +25,11 @@ const MAX_PROVISIONAL: usize = 65_536;
 /// A request without context, awaiting its process's instrumentation verdict.
 struct Provisional {
     due: SystemTime,
-    key: FindingKey,
-    subject: Subject,
+    /// The finding as `uninstrumented_client`.
+    raised: Raised,
     /// The process's identity (environment) was read: if it never exports, it really is
     /// uninstrumented. Otherwise (exited first, no permission) it is unknown and not judged.
     identity_known: bool,
-    evidence: BTreeMap<String, String>,
-    at: SystemTime,
 }
 
 #[derive(Default)]
@@ -71,25 +66,14 @@ impl Instrumentation {
     }
 
     /// Holds an `uninstrumented_client` verdict until the process had time to export.
-    pub fn defer(
-        &mut self,
-        key: FindingKey,
-        subject: Subject,
-        identity_known: bool,
-        evidence: BTreeMap<String, String>,
-        at: SystemTime,
-        out: &mut Vec<Raised>,
-    ) {
+    pub fn defer(&mut self, raised: Raised, identity_known: bool, out: &mut Vec<Raised>) {
         if self.provisional.len() >= MAX_PROVISIONAL {
             self.settle(|_| true, out);
         }
         self.provisional.push_back(Provisional {
-            due: at + INSTRUMENTATION_SETTLE,
-            key,
-            subject,
+            due: raised.at + INSTRUMENTATION_SETTLE,
+            raised,
             identity_known,
-            evidence,
-            at,
         });
     }
 
@@ -100,7 +84,7 @@ impl Instrumentation {
 
     /// Settles the verdicts of processes that exited (they export nothing more).
     pub fn settle_exited(&mut self, alive: impl Fn(u32) -> bool, out: &mut Vec<Raised>) {
-        self.settle(|p| !alive(p.key.pid), out);
+        self.settle(|p| !alive(p.raised.key.pid), out);
     }
 
     /// Settles everything (at exit).
@@ -123,20 +107,17 @@ impl Instrumentation {
                 .partition(|p| ready(p));
         self.provisional = waiting;
         for p in now_ready {
-            let mut key = p.key;
-            if self.exporters.contains(&key.pid) {
-                key.kind = FindingKind::MissingTraceparent;
+            let mut raised = p.raised;
+            if self.exporters.contains(&raised.key.pid) {
+                raised.key.kind = FindingKind::MissingTraceparent;
             } else if !p.identity_known {
                 self.process_unknown += 1;
                 continue;
+            } else {
+                // Only a broken chain of an instrumented process goes in the trace.
+                raised.place = None;
             }
-            out.push(Raised {
-                key,
-                subject: Some(p.subject),
-                evidence: p.evidence,
-                at: p.at,
-                count: 1,
-            });
+            out.push(raised);
         }
     }
 }

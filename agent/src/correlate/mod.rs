@@ -25,7 +25,7 @@ use self::{
 };
 use crate::{
     attribute::{inventory::Inventory, Subject},
-    findings::{FindingKey, FindingKind, Target, SUMMARY},
+    findings::{FindingKey, FindingKind, Target, TracePlace, SUMMARY},
     model::{otlp, Direction, Protocol, MAX_PROCESSES},
     otlp::{ExportBatch, Transport},
     parse::Request,
@@ -41,6 +41,9 @@ pub struct Raised {
     pub at: SystemTime,
     /// Occurrences at `at` (more than one when held requests are settled together).
     pub count: u64,
+    /// Where this occurrence goes in a trace, when annotating (`--trace-annotations`) and the
+    /// rule knows the trace.
+    pub place: Option<TracePlace>,
 }
 
 /// What correlation needs to know about the process that sent (or received) a request; the
@@ -74,6 +77,12 @@ pub struct CorrelateCounters {
     pub stats_evicted: u64,
     /// Requests held for the `sdk_not_wired` verdict and left unjudged (see [`Wiring`]).
     pub wiring: WiringCounters,
+    /// Export batches sent by the agent itself (its trace annotations reaching its own
+    /// receiver): never judged.
+    pub own_batches_ignored: u64,
+    /// Spans marked `tracegap.annotation=true` (a tracegap's annotations, forwarded or read
+    /// off the wire of a collector): never judged.
+    pub annotation_spans_ignored: u64,
 }
 
 pub struct Correlator {
@@ -85,6 +94,8 @@ pub struct Correlator {
     skew_checked: HashSet<u32>,
     span_grace: Duration,
     counters: CorrelateCounters,
+    /// The agent's own pid: its exports are never judged.
+    own_pid: u32,
 }
 
 impl Correlator {
@@ -97,7 +108,13 @@ impl Correlator {
             skew_checked: HashSet::new(),
             span_grace,
             counters: CorrelateCounters::default(),
+            own_pid: std::process::id(),
         }
+    }
+
+    /// From now on, findings the rules can place in a trace carry their [`TracePlace`].
+    pub fn annotate(&mut self) {
+        self.traces.annotate();
     }
 
     /// A connection started HTTP/2. To the OTLP/gRPC port it is a span export: the process is
@@ -188,12 +205,29 @@ impl Correlator {
             self.judge_wiring(key, subject, evidence, at, out);
             return;
         }
+        // A request without context while handling traced request T: where T ended.
+        let place = match key.kind {
+            FindingKind::MissingTraceparent | FindingKind::UninstrumentedClient => {
+                self.traces.handling_place(pid, at)
+            }
+            _ => None,
+        };
         if key.kind == FindingKind::UninstrumentedClient {
             // The process may export spans a moment later (SDKs export after the request):
             // decide between missing_traceparent and uninstrumented_client once that had time.
             let identity_known = sender.identity_known();
-            self.instrumentation
-                .defer(key, subject, identity_known, evidence, at, out);
+            self.instrumentation.defer(
+                Raised {
+                    key,
+                    subject: Some(subject),
+                    evidence,
+                    at,
+                    count: 1,
+                    place,
+                },
+                identity_known,
+                out,
+            );
             return;
         }
         out.push(Raised {
@@ -202,6 +236,7 @@ impl Correlator {
             evidence,
             at,
             count: 1,
+            place,
         });
     }
 
@@ -224,6 +259,7 @@ impl Correlator {
                 evidence,
                 at,
                 count: 1,
+                place: None,
             });
             return;
         }
@@ -276,6 +312,7 @@ impl Correlator {
             evidence,
             at,
             count: 1,
+            place: None,
         });
     }
 
@@ -286,12 +323,14 @@ impl Correlator {
             self.counters.unattributed_batches += 1;
             return;
         };
-        self.instrumentation
-            .saw_exporter(pid, !batch.spans.is_empty());
-        self.stats_of(pid).spans_exported += batch.spans.len() as u64;
+        if pid == self.own_pid {
+            self.counters.own_batches_ignored += 1;
+            return;
+        }
         let spans: Vec<ExportedSpan> = batch
             .spans
             .iter()
+            .filter(|s| !s.annotation)
             .map(|s| ExportedSpan {
                 trace_id: s.trace_id,
                 span_id: s.span_id,
@@ -300,6 +339,17 @@ impl Correlator {
                 end: SystemTime::UNIX_EPOCH + Duration::from_nanos(s.end_unix_nanos),
             })
             .collect();
+        let annotations = batch.spans.len() - spans.len();
+        if annotations > 0 {
+            self.counters.annotation_spans_ignored += annotations as u64;
+            if spans.is_empty() {
+                // Only tracegap's annotations (e.g. a collector's received exports read off
+                // the wire): says nothing about the process.
+                return;
+            }
+        }
+        self.instrumentation.saw_exporter(pid, !spans.is_empty());
+        self.stats_of(pid).spans_exported += spans.len() as u64;
         if let Some(evidence) = self.traces.exported(pid, batch.received_at, &spans) {
             let protocol = match batch.transport {
                 Transport::Grpc => Protocol::Grpc,
@@ -317,6 +367,7 @@ impl Correlator {
                 evidence,
                 at: batch.received_at,
                 count: 1,
+                place: None,
             });
         }
     }
@@ -334,6 +385,7 @@ impl Correlator {
                 evidence: f.evidence,
                 at: f.at,
                 count: 1,
+                place: f.place,
             });
         }
     }

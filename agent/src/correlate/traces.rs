@@ -10,7 +10,7 @@ use std::{
 };
 
 use crate::{
-    findings::{FindingKind, Target},
+    findings::{FindingKind, Target, TracePlace},
     model::MAX_PROCESSES,
     parse::trace_context::{to_hex, TraceParent},
 };
@@ -51,6 +51,8 @@ pub struct TraceFinding {
     pub target: Target,
     pub at: SystemTime,
     pub evidence: BTreeMap<String, String>,
+    /// Where this occurrence goes in a trace (only when annotating, see [`TraceState::annotate`]).
+    pub place: Option<TracePlace>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -110,6 +112,8 @@ struct ProcessTraces {
 pub struct TraceState {
     procs: HashMap<u32, ProcessTraces>,
     pub counters: TraceCounters,
+    /// Findings carry their [`TracePlace`] (`--trace-annotations`).
+    annotate: bool,
 }
 
 impl TraceState {
@@ -129,6 +133,31 @@ impl TraceState {
             }
         }
         self.procs.entry(pid).or_default()
+    }
+
+    /// From now on, findings carry where they go in a trace.
+    pub fn annotate(&mut self) {
+        self.annotate = true;
+    }
+
+    /// Where a request `pid` sent at `at` without context goes in a trace: in the inbound
+    /// trace it was handling then (the latest traced request that arrived within
+    /// [`HANDLING_WINDOW`] before), under the process's server span for it when exported, else
+    /// under the parent id received. `None` when not annotating or handling no traced request.
+    pub fn handling_place(&self, pid: u32, at: SystemTime) -> Option<TracePlace> {
+        if !self.annotate {
+            return None;
+        }
+        let p = self.procs.get(&pid)?;
+        let handling = handling_at(p, at, |_| true)?;
+        Some(TracePlace {
+            trace_id: handling.tp.trace_id,
+            span_id: None,
+            parent_span_id: Some(under(p, &handling.tp)),
+            link: None,
+            start: at,
+            end: at,
+        })
     }
 
     /// A request with a valid `traceparent` arrived at `pid`.
@@ -244,9 +273,10 @@ impl TraceState {
                     continue;
                 }
                 self.counters.judged += 1;
-                for (kind, evidence) in judge(p, &o) {
-                    if kind == FindingKind::UnexportedSpan {
-                        p.flagged.insert(o.tp.parent_id);
+                for (kind, evidence, mut place) in judge(p, &o, self.annotate) {
+                    // One placeholder per missing span, however many calls it made.
+                    if kind == FindingKind::UnexportedSpan && !p.flagged.insert(o.tp.parent_id) {
+                        place = None;
                     }
                     out.push(TraceFinding {
                         pid,
@@ -254,6 +284,7 @@ impl TraceState {
                         target: o.target.clone(),
                         at: o.at,
                         evidence,
+                        place,
                     });
                 }
             }
@@ -318,9 +349,36 @@ fn expire(p: &mut ProcessTraces, now: SystemTime) {
     }
 }
 
+/// The latest traced request that arrived within [`HANDLING_WINDOW`] before `at` (and at most
+/// [`SLACK`] after), among those `which` accepts: the one the process was handling.
+fn handling_at(
+    p: &ProcessTraces,
+    at: SystemTime,
+    which: impl Fn(&Inbound) -> bool,
+) -> Option<&Inbound> {
+    p.inbound.iter().rev().find(|i| {
+        i.at <= at + SLACK
+            && at.duration_since(i.at).unwrap_or_default() <= HANDLING_WINDOW
+            && which(i)
+    })
+}
+
+/// The span to hang an annotation under for an inbound context: the process's server span for
+/// it (an exported span in that trace whose parent is the id received), else the id received.
+/// A scan of the process's spans: only when annotating.
+fn under(p: &ProcessTraces, received: &TraceParent) -> [u8; 8] {
+    p.spans
+        .values()
+        .find(|s| s.trace_id == received.trace_id && s.parent_span_id == Some(received.parent_id))
+        .map_or(received.parent_id, |s| s.span_id)
+}
+
+type Judged = (FindingKind, BTreeMap<String, String>, Option<TracePlace>);
+
 /// The rules for one outbound context, in order. A proxy forwarding the context it received
-/// (outbound == inbound trace and parent) is never judged.
-fn judge(p: &ProcessTraces, o: &Pending) -> Vec<(FindingKind, BTreeMap<String, String>)> {
+/// (outbound == inbound trace and parent) is never judged. With `annotate`, each finding says
+/// where it goes in a trace.
+fn judge(p: &ProcessTraces, o: &Pending, annotate: bool) -> Vec<Judged> {
     let passthrough = p
         .inbound
         .iter()
@@ -329,8 +387,17 @@ fn judge(p: &ProcessTraces, o: &Pending) -> Vec<(FindingKind, BTreeMap<String, S
         return Vec::new();
     }
     let mut found = Vec::new();
-    if let Some(evidence) = broken_context(p, o) {
-        found.push((FindingKind::BrokenContext, evidence));
+    if let Some((evidence, handling)) = broken_context(p, o) {
+        // In T, under the server span for it; linked to the new trace.
+        let place = annotate.then(|| TracePlace {
+            trace_id: handling.trace_id,
+            span_id: None,
+            parent_span_id: Some(under(p, &handling)),
+            link: Some((o.tp.trace_id, o.tp.parent_id)),
+            start: o.at,
+            end: o.at,
+        });
+        found.push((FindingKind::BrokenContext, evidence, place));
     }
     if !p.spans.contains_key(&o.tp.parent_id) {
         let mut ev = BTreeMap::new();
@@ -340,7 +407,23 @@ fn judge(p: &ProcessTraces, o: &Pending) -> Vec<(FindingKind, BTreeMap<String, S
             "spans_exported_by_process".into(),
             p.spans.len().to_string(),
         );
-        found.push((FindingKind::UnexportedSpan, ev));
+        // A placeholder with the missing span's own id, in its trace; under the server span of
+        // the traced request in that trace the process was handling, if any.
+        let place = annotate.then(|| {
+            let same_trace = handling_at(p, o.at, |i| i.tp.trace_id == o.tp.trace_id);
+            let start = same_trace.map_or(o.at, |i| i.at.min(o.at));
+            TracePlace {
+                trace_id: o.tp.trace_id,
+                span_id: Some(o.tp.parent_id),
+                parent_span_id: same_trace
+                    .map(|i| under(p, &i.tp))
+                    .filter(|id| *id != o.tp.parent_id),
+                link: None,
+                start,
+                end: o.at,
+            }
+        });
+        found.push((FindingKind::UnexportedSpan, ev, place));
     }
     found
 }
@@ -350,16 +433,17 @@ fn judge(p: &ProcessTraces, o: &Pending) -> Vec<(FindingKind, BTreeMap<String, S
 /// and the outbound trace is one the process itself started (it exported the root span) after
 /// that request arrived. A process without inbound traced traffic (cron job, worker) is never
 /// flagged, nor one whose new traces started before the request.
-fn broken_context(p: &ProcessTraces, o: &Pending) -> Option<BTreeMap<String, String>> {
+/// Returns the evidence and the context received of the request being handled.
+fn broken_context(
+    p: &ProcessTraces,
+    o: &Pending,
+) -> Option<(BTreeMap<String, String>, TraceParent)> {
     if p.received.contains_key(&o.tp.trace_id) {
         return None;
     }
     let root_start = *p.roots.get(&o.tp.trace_id)?;
-    let handling = p.inbound.iter().rev().find(|i| {
-        i.at <= o.at + SLACK
-            && o.at.duration_since(i.at).unwrap_or_default() <= HANDLING_WINDOW
-            && root_start + SLACK >= i.at
-            && i.tp.trace_id != o.tp.trace_id
+    let handling = handling_at(p, o.at, |i| {
+        root_start + SLACK >= i.at && i.tp.trace_id != o.tp.trace_id
     })?;
     let mut ev = BTreeMap::new();
     ev.insert("received_trace_id".into(), to_hex(&handling.tp.trace_id));
@@ -371,7 +455,7 @@ fn broken_context(p: &ProcessTraces, o: &Pending) -> Option<BTreeMap<String, Str
             .as_millis()
             .to_string(),
     );
-    Some(ev)
+    Some((ev, handling.tp))
 }
 
 /// The last [`SYNC_MIN_EXPORTS`] export requests each carried one span, within [`SYNC_WINDOW`].

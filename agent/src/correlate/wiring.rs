@@ -195,6 +195,7 @@ fn raise(key: FindingKey, subject: &Subject, o: Occurrences, out: &mut Vec<Raise
         evidence: o.evidence.clone(),
         at: o.first,
         count: 1,
+        place: None,
     });
     if o.count > 1 {
         out.push(Raised {
@@ -203,6 +204,7 @@ fn raise(key: FindingKey, subject: &Subject, o: Occurrences, out: &mut Vec<Raise
             evidence: o.evidence,
             at: o.last,
             count: o.count - 1,
+            place: None,
         });
     }
 }

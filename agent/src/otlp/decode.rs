@@ -11,6 +11,10 @@ use prost::Message;
 
 use super::SpanRecord;
 
+/// The attribute (`true`) that marks the spans tracegap adds to traces
+/// (`crate::report::otlp` exports them; the span rules skip them).
+pub const ANNOTATION_ATTRIBUTE: &str = "tracegap.annotation";
+
 /// The body format of an OTLP/HTTP request (gRPC is always protobuf).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -129,7 +133,16 @@ pub(crate) fn span_record(span: Span) -> Option<SpanRecord> {
         }
         Some(parent)
     };
+    let annotation = span.attributes.iter().any(|kv| {
+        kv.key == ANNOTATION_ATTRIBUTE
+            && match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                Some(Value::BoolValue(b)) => *b,
+                Some(Value::StringValue(s)) => s == "true",
+                _ => false,
+            }
+    });
     Some(SpanRecord {
+        annotation,
         trace_id,
         span_id,
         parent_span_id,
@@ -268,6 +281,33 @@ mod tests {
             ..good
         };
         assert!(span_record(bad_parent).is_none());
+    }
+
+    #[test]
+    fn annotation_spans_are_marked() {
+        let span = |attributes| Span {
+            trace_id: vec![1; 16],
+            span_id: vec![2; 8],
+            attributes,
+            ..Span::default()
+        };
+        let marked = |attributes| span_record(span(attributes)).map(|r| r.annotation);
+        assert_eq!(marked(vec![]), Some(false));
+        assert_eq!(
+            marked(vec![kv(ANNOTATION_ATTRIBUTE, Value::BoolValue(true))]),
+            Some(true)
+        );
+        assert_eq!(
+            marked(vec![kv(
+                ANNOTATION_ATTRIBUTE,
+                Value::StringValue("true".into())
+            )]),
+            Some(true)
+        );
+        assert_eq!(
+            marked(vec![kv(ANNOTATION_ATTRIBUTE, Value::BoolValue(false))]),
+            Some(false)
+        );
     }
 
     #[test]

@@ -35,6 +35,7 @@ use std::{
 use crate::model::otlp;
 pub use decode::{
     decode_export, decode_trace_body, BodyError, DecodedResource, Format as BodyFormat,
+    ANNOTATION_ATTRIBUTE,
 };
 use tokio::{
     net::TcpListener,
@@ -89,6 +90,8 @@ pub struct SpanRecord {
     pub kind: i32,
     pub start_unix_nanos: u64,
     pub end_unix_nanos: u64,
+    /// Marked `tracegap.annotation=true`: a span tracegap added to a trace, never judged.
+    pub annotation: bool,
 }
 
 /// Receiver settings; `Deserialize` with defaults so it can be a section of the agent config.

@@ -35,6 +35,28 @@ pub fn agent(extra: &[&str]) -> Agent {
     Agent::start(&args)
 }
 
+/// An agent that forwards the shop's spans to `jaeger` and adds its findings to the traces
+/// there (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`), at most one per finding per `interval`.
+pub fn annotating_agent(jaeger: &Jaeger, interval: &str) -> Agent {
+    let forward = format!("http://{}", jaeger.otlp_http);
+    let traces = format!("http://{}/v1/traces", jaeger.otlp_http);
+    Agent::start_with_env(
+        &[
+            "--otlp-grpc-listen",
+            "127.0.0.1:0",
+            "--otlp-http-listen",
+            "127.0.0.1:0",
+            "--span-grace",
+            "2s",
+            "--forward-to",
+            &forward,
+            "--trace-annotation-interval",
+            interval,
+        ],
+        &[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &traces)],
+    )
+}
+
 /// A Collector (the Jaeger binary with tests/go/collector.yaml) on loopback, forwarding to
 /// `jaeger`: the shop exports there, not to the agent.
 pub fn collector(jaeger: &Jaeger) -> (ChildGuard, Export) {
@@ -354,6 +376,40 @@ impl Jaeger {
             wait_listening(a, Duration::from_secs(20));
         }
         jaeger
+    }
+
+    /// The query API's answer for one trace (`data[0]`, with `spans`, `processes` and each
+    /// span's `warnings`), if Jaeger has it.
+    pub fn raw_trace(&self, id: &str) -> Option<Value> {
+        let Ok((200, body)) = http_get(self.query, &format!("/api/traces/{id}")) else {
+            return None;
+        };
+        let v: Value = serde_json::from_str(&body).expect("Jaeger answers JSON");
+        v["data"].get(0).cloned()
+    }
+
+    /// Waits (bounded) until one of the traces `ids` holds a span named `name`; returns the
+    /// trace id and the API's answer for it.
+    #[track_caller]
+    pub fn wait_annotated(&self, ids: &[(String, bool)], name: &str) -> (String, Value) {
+        let started = std::time::Instant::now();
+        loop {
+            for (id, _) in ids {
+                if let Some(t) = self.raw_trace(id) {
+                    let has = t["spans"]
+                        .as_array()
+                        .is_some_and(|s| s.iter().any(|s| s["operationName"] == name));
+                    if has {
+                        return (id.clone(), t);
+                    }
+                }
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "no trace of {ids:?} in Jaeger has a span {name:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// The spans of one trace as (service, span id, parent span id) — empty if unknown.

@@ -206,3 +206,103 @@ fn tables_are_bounded() {
     s.exported(PID, t(0), &spans);
     assert_eq!(s.counters.spans_evicted, 5);
 }
+
+#[test]
+fn findings_carry_their_place_only_when_annotating() {
+    let run = |annotate: bool| {
+        let mut s = TraceState::default();
+        if annotate {
+            s.annotate();
+        }
+        s.inbound(PID, t(0), tp(1, 0x10, true));
+        s.outbound(PID, t(5), tp(2, 0x31, true), target(), GRACE);
+        // Server span 0x20 for the inbound request; new root 0x30 in trace 2.
+        s.exported(
+            PID,
+            t(100),
+            &[
+                span(1, 0x20, Some(0x10), 0),
+                span(2, 0x30, None, 3),
+                span(2, 0x31, Some(0x30), 4),
+            ],
+        );
+        s.judge_due(t(30_005))
+    };
+    assert_eq!(run(false)[0].place, None);
+    let found = run(true);
+    assert_eq!(kinds(&found), [FindingKind::BrokenContext]);
+    let place = found[0].place.expect("placed");
+    assert_eq!(place.trace_id, [1; 16], "in the inbound trace T");
+    assert_eq!(place.span_id, None);
+    assert_eq!(
+        place.parent_span_id,
+        Some([0x20; 8]),
+        "under the server span"
+    );
+    assert_eq!(
+        place.link,
+        Some(([2; 16], [0x31; 8])),
+        "linked to the new trace"
+    );
+    assert_eq!(place.start, t(5));
+}
+
+#[test]
+fn unexported_span_placeholder_has_the_missing_id() {
+    let mut s = TraceState::default();
+    s.annotate();
+    // Inbound in trace 3 from the caller's 0x10; the server span 0x40 was never ended, and the
+    // client span 0x41 injected downstream is a child of it: neither exported.
+    s.inbound(PID, t(0), tp(3, 0x10, true));
+    s.outbound(PID, t(5), tp(3, 0x41, true), target(), GRACE);
+    s.exported(PID, t(100), &[span(9, 0x90, None, 0)]);
+    let found = s.judge_due(t(30_005));
+    assert_eq!(kinds(&found), [FindingKind::UnexportedSpan]);
+    let place = found[0].place.expect("placed");
+    assert_eq!(place.trace_id, [3; 16]);
+    assert_eq!(place.span_id, Some([0x41; 8]));
+    assert_eq!(
+        place.parent_span_id,
+        Some([0x10; 8]),
+        "under the context received"
+    );
+    assert_eq!((place.start, place.end), (t(0), t(5)));
+}
+
+#[test]
+fn missing_context_is_placed_in_the_trace_being_handled() {
+    let mut s = TraceState::default();
+    assert_eq!(s.handling_place(PID, t(5)), None, "not annotating");
+    s.annotate();
+    assert_eq!(
+        s.handling_place(PID, t(5)),
+        None,
+        "no inbound traced request"
+    );
+    s.inbound(PID, t(0), tp(1, 0x10, true));
+    let place = s.handling_place(PID, t(5)).expect("placed");
+    assert_eq!(place.trace_id, [1; 16]);
+    assert_eq!(place.parent_span_id, Some([0x10; 8]));
+    assert_eq!(
+        s.handling_place(PID, t(6_000)),
+        None,
+        "outside the handling window"
+    );
+}
+
+#[test]
+fn one_placeholder_per_missing_span() {
+    let mut s = TraceState::default();
+    s.annotate();
+    // The never-ended span 0x41 is the parent of two calls.
+    s.outbound(PID, t(5), tp(3, 0x41, true), target(), GRACE);
+    s.outbound(PID, t(6), tp(3, 0x41, true), target(), GRACE);
+    s.exported(PID, t(100), &[span(3, 0x40, None, 0)]);
+    let found = s.judge_due(t(30_010));
+    assert_eq!(
+        kinds(&found),
+        [FindingKind::UnexportedSpan, FindingKind::UnexportedSpan]
+    );
+    assert!(found[0].place.is_some());
+    assert_eq!(found[1].place, None, "the placeholder is exported once");
+}

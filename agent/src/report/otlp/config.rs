@@ -9,6 +9,7 @@ use crate::model::otel_env::{
 
 pub const OTEL_EXPORTER_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
 pub const OTEL_EXPORTER_OTLP_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
+pub const OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
 /// The agent's own `service.name` when neither variable names one.
 pub const DEFAULT_SERVICE_NAME: &str = "tracegap";
 
@@ -50,16 +51,7 @@ impl ExportConfig {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Option<Self>, ExportError> {
         let env = |k: &str| env(k).filter(|v| !v.trim().is_empty());
-        let protocol = match env(OTEL_EXPORTER_OTLP_PROTOCOL).as_deref().map(str::trim) {
-            // The spec's default; SDKs for other languages agree.
-            None | Some("http/protobuf") => Protocol::HttpProtobuf,
-            Some("grpc") => Protocol::Grpc,
-            Some(other) => {
-                return Err(ExportError::Protocol {
-                    value: other.to_owned(),
-                })
-            }
-        };
+        let protocol = protocol(env)?;
         let cli = cli_endpoint.map(str::trim).filter(|e| !e.is_empty());
         let (base_endpoint, described) = if let Some(e) = cli {
             (Some(e.to_owned()), e.to_owned())
@@ -85,7 +77,35 @@ impl ExportConfig {
         }))
     }
 
-    /// The URL for one signal (`logs`, `metrics`), or `None` to let the SDK read the env.
+    /// Where trace annotations go: `--otlp-endpoint`, else `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`
+    /// (left to the SDK, used as given), else `OTEL_EXPORTER_OTLP_ENDPOINT`. `None`: no traces
+    /// endpoint.
+    pub fn resolve_traces(
+        cli_endpoint: Option<&str>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<Self>, ExportError> {
+        let cli_given = cli_endpoint.is_some_and(|e| !e.trim().is_empty());
+        let traces_env = env(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT).filter(|v| !v.trim().is_empty());
+        // Only the base endpoint counts for traces, never the logs/metrics ones.
+        let base = |k: &str| {
+            if SIGNAL_ENDPOINTS.contains(&k) {
+                None
+            } else {
+                env(k)
+            }
+        };
+        if !cli_given && traces_env.is_some() {
+            return Ok(Some(Self {
+                base_endpoint: None,
+                protocol: protocol(&env)?,
+                described: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT.to_owned(),
+            }));
+        }
+        Self::resolve(cli_endpoint, base)
+    }
+
+    /// The URL for one signal (`logs`, `metrics`, `traces`), or `None` to let the SDK read the
+    /// env.
     /// OTLP/HTTP appends `/v1/<signal>` to a base endpoint; gRPC uses it as is.
     pub fn signal_endpoint(&self, signal: &str) -> Option<String> {
         let base = self.base_endpoint.as_deref()?;
@@ -94,6 +114,26 @@ impl ExportConfig {
             Protocol::HttpProtobuf => format!("{}/v1/{signal}", base.trim_end_matches('/')),
         })
     }
+}
+
+/// `OTEL_EXPORTER_OTLP_PROTOCOL`, `http/protobuf` when unset.
+fn protocol(env: impl Fn(&str) -> Option<String>) -> Result<Protocol, ExportError> {
+    Ok(
+        match env(OTEL_EXPORTER_OTLP_PROTOCOL)
+            .as_deref()
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+        {
+            // The spec's default; SDKs for other languages agree.
+            None | Some("http/protobuf") => Protocol::HttpProtobuf,
+            Some("grpc") => Protocol::Grpc,
+            Some(other) => {
+                return Err(ExportError::Protocol {
+                    value: other.to_owned(),
+                })
+            }
+        },
+    )
 }
 
 /// Whether the environment already names the agent's `service.name`.
@@ -181,6 +221,49 @@ mod tests {
         )
         .is_err());
         assert!(ExportConfig::resolve(Some("collector:4317"), env(&[])).is_err());
+    }
+
+    #[test]
+    fn traces_endpoint_sources() {
+        assert_eq!(
+            ExportConfig::resolve_traces(
+                None,
+                env(&[("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "http://x:4318/v1/logs")])
+            )
+            .expect("ok"),
+            None,
+            "a logs endpoint is no traces endpoint"
+        );
+        let c = ExportConfig::resolve_traces(
+            None,
+            env(&[
+                (OTEL_EXPORTER_OTLP_ENDPOINT, "http://env:4318"),
+                (
+                    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+                    "http://t:4318/v1/traces",
+                ),
+            ]),
+        )
+        .expect("ok")
+        .expect("on");
+        assert_eq!(
+            c.signal_endpoint("traces"),
+            None,
+            "the SDK reads the variable"
+        );
+        let c = ExportConfig::resolve_traces(
+            Some("http://cli:4318"),
+            env(&[(
+                OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+                "http://t:4318/v1/traces",
+            )]),
+        )
+        .expect("ok")
+        .expect("on");
+        assert_eq!(
+            c.signal_endpoint("traces").as_deref(),
+            Some("http://cli:4318/v1/traces")
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! interval), `metrics` (snapshot and instruments), `counting` (export outcome counters),
 //! `http_client` (OTLP/HTTP on the agent's runtime).
 
+mod annotations;
 mod config;
 mod counting;
 mod http_client;
@@ -38,6 +39,7 @@ use opentelemetry_sdk::{
 };
 
 pub use self::{
+    annotations::{span as annotation_span, span_name, AnnotationExporter, AnnotationStats},
     config::{ExportConfig, Protocol},
     counting::ExportStats,
     metrics::ring_lag_ms,
