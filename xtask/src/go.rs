@@ -69,6 +69,13 @@ pub fn build() -> Result<PathBuf> {
         .arg(out.join("sdkclient-skew"))
         .arg("./cmd/sdkclient");
     exec(&mut skew)?;
+    // The skew test reads the build's requirements with `go mod graph`, offline: it needs the
+    // go.mod of every module in the graph, more than the build downloads. Fetched here.
+    let mut graph = go_command(&shop_module());
+    graph
+        .args(["mod", "graph", "-modfile", SKEW_MODFILE])
+        .stdout(std::process::Stdio::null());
+    exec(&mut graph)?;
     let mut jaeger = go_command(&jaeger_module());
     jaeger
         .args(["build", "-o"])

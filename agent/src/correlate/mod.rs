@@ -192,6 +192,13 @@ impl Correlator {
             return;
         };
         let subject = sender.subject();
+        // A request without context while handling traced request T: where T ended.
+        let place = match key.kind {
+            FindingKind::MissingTraceparent | FindingKind::UninstrumentedClient => {
+                self.traces.handling_place(pid, at)
+            }
+            _ => None,
+        };
         let without_context = matches!(
             key.kind,
             FindingKind::UninstrumentedClient | FindingKind::MissingTraceparent
@@ -202,16 +209,9 @@ impl Correlator {
                 self.instrumentation.exported_spans(pid),
             )
         {
-            self.judge_wiring(key, subject, evidence, at, out);
+            self.judge_wiring(key, subject, evidence, at, place, out);
             return;
         }
-        // A request without context while handling traced request T: where T ended.
-        let place = match key.kind {
-            FindingKind::MissingTraceparent | FindingKind::UninstrumentedClient => {
-                self.traces.handling_place(pid, at)
-            }
-            _ => None,
-        };
         if key.kind == FindingKind::UninstrumentedClient {
             // The process may export spans a moment later (SDKs export after the request):
             // decide between missing_traceparent and uninstrumented_client once that had time.
@@ -248,6 +248,7 @@ impl Correlator {
         subject: Subject,
         mut evidence: BTreeMap<String, String>,
         at: SystemTime,
+        place: Option<TracePlace>,
         out: &mut Vec<Raised>,
     ) {
         if self.wiring.is_silent(key.pid) {
@@ -259,12 +260,12 @@ impl Correlator {
                 evidence,
                 at,
                 count: 1,
-                place: None,
+                place,
             });
             return;
         }
         self.wiring
-            .hold(key, subject, evidence, at, self.span_grace);
+            .hold(key, subject, evidence, at, place, self.span_grace);
         self.counters.wiring.clone_from(&self.wiring.counters);
     }
 

@@ -17,7 +17,7 @@ use std::{
 use super::Raised;
 use crate::{
     attribute::Subject,
-    findings::{FindingKey, FindingKind},
+    findings::{FindingKey, FindingKind, TracePlace},
 };
 
 /// Processes with requests held at once; past it new ones are not held (counted).
@@ -37,6 +37,8 @@ pub struct WiringCounters {
 /// One route's requests.
 struct Occurrences {
     evidence: BTreeMap<String, String>,
+    /// Where the first occurrence that had one goes in a trace (`--trace-annotations`).
+    place: Option<TracePlace>,
     first: SystemTime,
     last: SystemTime,
     count: u64,
@@ -71,6 +73,7 @@ impl Wiring {
         subject: Subject,
         evidence: BTreeMap<String, String>,
         at: SystemTime,
+        place: Option<TracePlace>,
         grace: Duration,
     ) {
         let pid = key.pid;
@@ -85,6 +88,7 @@ impl Wiring {
         });
         if let Some(o) = held.routes.get_mut(&key) {
             o.count += 1;
+            o.place = o.place.take().or(place);
             o.first = o.first.min(at);
             o.last = o.last.max(at);
             return;
@@ -97,6 +101,7 @@ impl Wiring {
             key,
             Occurrences {
                 evidence,
+                place,
                 first: at,
                 last: at,
                 count: 1,
@@ -195,7 +200,7 @@ fn raise(key: FindingKey, subject: &Subject, o: Occurrences, out: &mut Vec<Raise
         evidence: o.evidence.clone(),
         at: o.first,
         count: 1,
-        place: None,
+        place: o.place,
     });
     if o.count > 1 {
         out.push(Raised {
@@ -245,6 +250,7 @@ mod tests {
             Subject::default(),
             BTreeMap::new(),
             t(at),
+            None,
             GRACE,
         );
     }
