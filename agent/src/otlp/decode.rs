@@ -1,6 +1,6 @@
 //! Export request bodies → [`SpanRecord`]s.
 
-use std::io::Read;
+use std::{borrow::Cow, io::Read};
 
 use opentelemetry_proto::tonic::{
     collector::trace::v1::ExportTraceServiceRequest,
@@ -190,21 +190,9 @@ pub fn decode_trace_body(
     gzip: bool,
     max_bytes: usize,
 ) -> Result<(Vec<SpanRecord>, u64), BodyError> {
-    let plain;
-    let body = if gzip {
-        plain = gunzip_limited(body, max_bytes).map_err(|e| match e {
-            GunzipError::TooLarge => BodyError::TooLarge,
-            GunzipError::Corrupt => BodyError::Corrupt,
-        })?;
-        &plain[..]
-    } else {
-        body
-    };
-    if body.len() > max_bytes {
-        return Err(BodyError::TooLarge);
-    }
+    let body = plain_body(body, gzip, max_bytes)?;
     let format = if json { Format::Json } else { Format::Protobuf };
-    let req = decode_traces(body, format).map_err(|_| BodyError::Invalid)?;
+    let req = decode_traces(&body, format).map_err(|_| BodyError::Invalid)?;
     let mut spans = Vec::new();
     let mut invalid = 0;
     for batch in resource_batches(req) {
@@ -352,6 +340,22 @@ pub struct DecodedResource {
     pub spans: Vec<SpanRecord>,
 }
 
+/// The body as sent, gunzipped when `gzip`, at most `max_bytes` either way.
+fn plain_body(body: &[u8], gzip: bool, max_bytes: usize) -> Result<Cow<'_, [u8]>, BodyError> {
+    let body = if gzip {
+        Cow::Owned(gunzip_limited(body, max_bytes).map_err(|e| match e {
+            GunzipError::TooLarge => BodyError::TooLarge,
+            GunzipError::Corrupt => BodyError::Corrupt,
+        })?)
+    } else {
+        Cow::Borrowed(body)
+    };
+    if body.len() > max_bytes {
+        return Err(BodyError::TooLarge);
+    }
+    Ok(body)
+}
+
 /// An export message read off the wire (agent/src/parse/export): bounded gunzip when `gzip`,
 /// decode, span records by resource. Spans with invalid ids are left out.
 pub fn decode_export(
@@ -360,20 +364,8 @@ pub fn decode_export(
     gzip: bool,
     max_bytes: usize,
 ) -> Result<Vec<DecodedResource>, BodyError> {
-    let plain;
-    let body = if gzip {
-        plain = gunzip_limited(body, max_bytes).map_err(|e| match e {
-            GunzipError::TooLarge => BodyError::TooLarge,
-            GunzipError::Corrupt => BodyError::Corrupt,
-        })?;
-        &plain[..]
-    } else {
-        body
-    };
-    if body.len() > max_bytes {
-        return Err(BodyError::TooLarge);
-    }
-    let req = decode_traces(body, format).map_err(|_| BodyError::Invalid)?;
+    let body = plain_body(body, gzip, max_bytes)?;
+    let req = decode_traces(&body, format).map_err(|_| BodyError::Invalid)?;
     Ok(resource_batches(req)
         .into_iter()
         .map(|b| DecodedResource {
