@@ -31,13 +31,21 @@ impl Drop for TempDir {
 struct Running(Child);
 
 impl Running {
+    /// Retries ETXTBSY: an executable this test process just wrote may still be open for
+    /// writing in a child another test thread forked and has not exec'd yet (rust-lang/rust
+    /// #114554), which makes exec fail for a moment.
     fn spawn(cmd: &mut Command) -> Self {
-        Self(
-            cmd.stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| panic!("{cmd:?}: {e}")),
-        )
+        cmd.stdin(Stdio::null()).stdout(Stdio::null());
+        for _ in 0..100 {
+            match cmd.spawn() {
+                Ok(child) => return Self(child),
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => panic!("{cmd:?}: {e}"),
+            }
+        }
+        panic!("{cmd:?}: still ETXTBSY after 1 s")
     }
 
     /// Waits (bounded) until `/proc/<pid>/exe` is `exe` (the child exec'd).
