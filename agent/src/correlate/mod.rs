@@ -46,6 +46,26 @@ pub struct Raised {
     pub place: Option<TracePlace>,
 }
 
+impl Raised {
+    /// One occurrence.
+    pub fn once(
+        key: FindingKey,
+        subject: Option<Subject>,
+        evidence: BTreeMap<String, String>,
+        at: SystemTime,
+        place: Option<TracePlace>,
+    ) -> Self {
+        Self {
+            key,
+            subject,
+            evidence,
+            at,
+            count: 1,
+            place,
+        }
+    }
+}
+
 /// What correlation needs to know about the process that sent (or received) a request; the
 /// peer and the subject are asked for only when a rule needs them (both may read /proc).
 pub trait Sender {
@@ -217,27 +237,13 @@ impl Correlator {
             // decide between missing_traceparent and uninstrumented_client once that had time.
             let identity_known = sender.identity_known();
             self.instrumentation.defer(
-                Raised {
-                    key,
-                    subject: Some(subject),
-                    evidence,
-                    at,
-                    count: 1,
-                    place,
-                },
+                Raised::once(key, Some(subject), evidence, at, place),
                 identity_known,
                 out,
             );
             return;
         }
-        out.push(Raised {
-            key,
-            subject: Some(subject),
-            evidence,
-            at,
-            count: 1,
-            place,
-        });
+        out.push(Raised::once(key, Some(subject), evidence, at, place));
     }
 
     /// A request without context from a process whose SDK is linked and has exported no span:
@@ -254,14 +260,7 @@ impl Correlator {
         if self.wiring.is_silent(key.pid) {
             key.kind = FindingKind::SdkNotWired;
             wiring::sdk_evidence(&subject, &mut evidence);
-            out.push(Raised {
-                key,
-                subject: Some(subject),
-                evidence,
-                at,
-                count: 1,
-                place,
-            });
+            out.push(Raised::once(key, Some(subject), evidence, at, place));
             return;
         }
         self.wiring
@@ -301,20 +300,20 @@ impl Correlator {
             .collect();
         evidence.insert(SUMMARY.into(), summary.join("; "));
         evidence.insert("otel_components".into(), inventory.components_text());
-        out.push(Raised {
-            key: FindingKey::new(
-                FindingKind::OtelVersionSkew,
-                pid,
-                direction,
-                &Target::process(),
-                false,
-            ),
-            subject: Some(process.subject()),
+        let key = FindingKey::new(
+            FindingKind::OtelVersionSkew,
+            pid,
+            direction,
+            &Target::process(),
+            false,
+        );
+        out.push(Raised::once(
+            key,
+            Some(process.subject()),
             evidence,
             at,
-            count: 1,
-            place: None,
-        });
+            None,
+        ));
     }
 
     /// One export request's spans from one process (the receiver's [`ExportBatch`]).
@@ -356,20 +355,14 @@ impl Correlator {
                 Transport::Grpc => Protocol::Grpc,
                 Transport::HttpProtobuf | Transport::HttpJson => Protocol::Http1,
             };
-            out.push(Raised {
-                key: FindingKey::new(
-                    FindingKind::SynchronousExport,
-                    pid,
-                    Direction::Outbound,
-                    &Target::trace_export(protocol),
-                    false,
-                ),
-                subject: None,
-                evidence,
-                at: batch.received_at,
-                count: 1,
-                place: None,
-            });
+            let key = FindingKey::new(
+                FindingKind::SynchronousExport,
+                pid,
+                Direction::Outbound,
+                &Target::trace_export(protocol),
+                false,
+            );
+            out.push(Raised::once(key, None, evidence, batch.received_at, None));
         }
     }
 
@@ -380,14 +373,13 @@ impl Correlator {
         self.wiring
             .settle_due(now, |pid| instrumentation.exported_spans(pid), out);
         for f in self.traces.judge_due(now) {
-            out.push(Raised {
-                key: FindingKey::new(f.kind, f.pid, Direction::Outbound, &f.target, false),
-                subject: None,
-                evidence: f.evidence,
-                at: f.at,
-                count: 1,
-                place: f.place,
-            });
+            out.push(Raised::once(
+                FindingKey::new(f.kind, f.pid, Direction::Outbound, &f.target, false),
+                None,
+                f.evidence,
+                f.at,
+                f.place,
+            ));
         }
     }
 

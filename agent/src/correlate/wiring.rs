@@ -194,14 +194,13 @@ pub fn sdk_evidence(subject: &Subject, evidence: &mut BTreeMap<String, String>) 
 
 /// The occurrences of one route as findings: the first at its time, the rest at the last's.
 fn raise(key: FindingKey, subject: &Subject, o: Occurrences, out: &mut Vec<Raised>) {
-    out.push(Raised {
-        key: key.clone(),
-        subject: Some(subject.clone()),
-        evidence: o.evidence.clone(),
-        at: o.first,
-        count: 1,
-        place: o.place,
-    });
+    out.push(Raised::once(
+        key.clone(),
+        Some(subject.clone()),
+        o.evidence.clone(),
+        o.first,
+        o.place,
+    ));
     if o.count > 1 {
         out.push(Raised {
             key,
