@@ -15,7 +15,7 @@ mod wire;
 use std::{path::PathBuf, process::Command, time::Instant};
 
 use anyhow::{bail, Context as _, Result};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::{
     build,
@@ -36,6 +36,25 @@ pub struct Options {
     /// Use the agent binary already built (skip the build).
     #[arg(long)]
     pub no_build: bool,
+    /// Run only these sections (comma-separated), e.g. `--only kernel` while working on the
+    /// programs; results then go to target/bench/only/, never over a whole run's.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<Section>,
+}
+
+/// The sections of a run, in the order they run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Section {
+    /// 1-2: nginx + wrk at a fixed rate and at saturation.
+    Http,
+    /// 3: in-kernel cost per syscall, against the floor.
+    Kernel,
+    /// 4: ring buffer capacity.
+    Capacity,
+    /// 5: memory under connection and process churn.
+    Churn,
+    /// 6: spans read off the wire.
+    Wire,
 }
 
 /// How much of everything a mode does.
@@ -139,9 +158,11 @@ pub fn run(opts: &Options) -> Result<()> {
         .and_then(std::path::Path::parent)
         .context("agent binary has no target dir")?
         .to_path_buf();
-    // A smoke run must not overwrite the results of a real one.
+    // A smoke or partial run must not overwrite the results of a whole one.
     let dir = if opts.smoke {
         target.join("bench").join("smoke")
+    } else if !opts.only.is_empty() {
+        target.join("bench").join("only")
     } else {
         target.join("bench")
     };
@@ -154,18 +175,38 @@ pub fn run(opts: &Options) -> Result<()> {
     };
     eprintln!("bench: {} mode, {} rounds", ctx.plan.name, ctx.plan.rounds);
 
-    let nginx = procs::Nginx::start(&ctx.dir)?;
-    eprintln!("bench: 1-2/6 HTTP overhead (nginx at {})", nginx.addr);
-    let http = http::run(&ctx, &nginx)?;
-    eprintln!("bench: 3/6 in-kernel cost per syscall");
-    let kernel = kernel::run(&ctx)?;
-    eprintln!("bench: 4/6 ring buffer capacity");
-    let capacity = capacity::capacity(&ctx)?;
-    eprintln!("bench: 5/6 memory under churn");
-    let churn = capacity::churn(&ctx, &nginx)?;
+    let wanted = |section| opts.only.is_empty() || opts.only.contains(&section);
+    let nginx = if wanted(Section::Http) || wanted(Section::Churn) {
+        Some(procs::Nginx::start(&ctx.dir)?)
+    } else {
+        None
+    };
+    let mut http = Value::Null;
+    if let (true, Some(nginx)) = (wanted(Section::Http), &nginx) {
+        eprintln!("bench: 1-2/6 HTTP overhead (nginx at {})", nginx.addr);
+        http = http::run(&ctx, nginx)?;
+    }
+    let mut kernel = Value::Null;
+    if wanted(Section::Kernel) {
+        eprintln!("bench: 3/6 in-kernel cost per syscall");
+        kernel = kernel::run(&ctx)?;
+    }
+    let mut capacity = Value::Null;
+    if wanted(Section::Capacity) {
+        eprintln!("bench: 4/6 ring buffer capacity");
+        capacity = capacity::capacity(&ctx)?;
+    }
+    let mut churn = Value::Null;
+    if let (true, Some(nginx)) = (wanted(Section::Churn), &nginx) {
+        eprintln!("bench: 5/6 memory under churn");
+        churn = capacity::churn(&ctx, nginx)?;
+    }
     drop(nginx);
-    eprintln!("bench: 6/6 wire intake");
-    let wire = wire::run(&ctx)?;
+    let mut wire = Value::Null;
+    if wanted(Section::Wire) {
+        eprintln!("bench: 6/6 wire intake");
+        wire = wire::run(&ctx)?;
+    }
 
     let command = match ctx.plan.name {
         "full" => "cargo xtask bench".to_owned(),
@@ -209,6 +250,7 @@ pub fn smoke() -> Result<()> {
         quick: false,
         smoke: true,
         no_build: true,
+        only: Vec::new(),
     })
 }
 
