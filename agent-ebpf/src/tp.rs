@@ -1,6 +1,10 @@
 //! The two raw syscall tracepoints, `raw_syscalls:sys_enter` and `sys_exit`, and the dispatch
 //! to the hooks of the syscalls tracegap follows.
 //!
+//! Attached as BTF tracepoints (`tp_btf`, `BPF_TRACE_RAW_TP`): the same raw tracepoint and the
+//! same cost to reach the program, but the verifier knows the arguments' types, so the saved
+//! registers are loaded directly (args.rs) rather than through `bpf_probe_read_kernel`.
+//!
 //! Why raw tracepoints and not `syscalls/sys_{enter,exit}_*`: each perf-event tracepoint link
 //! costs the kernel a full RCU-tasks grace period when it is removed (~80 ms, serialised under
 //! `event_mutex`), so fifteen of them made the agent take ~2 s to detach; a raw tracepoint link
@@ -10,10 +14,12 @@
 //! arguments from the task's saved registers.
 
 use agent_common::syscall;
-use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
-use aya_log_ebpf::warn;
+use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 
-use crate::{args::Args, recv, send, socket};
+use crate::{
+    args::{exiting_syscall, Args},
+    recv, send, socket,
+};
 
 /// x86_64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl).
 mod nr {
@@ -30,8 +36,8 @@ mod nr {
 }
 
 /// `sys_enter(struct pt_regs *regs, long id)`.
-#[raw_tracepoint(tracepoint = "sys_enter")]
-pub fn tracegap_sys_enter(ctx: RawTracePointContext) -> i32 {
+#[btf_tracepoint(function = "sys_enter")]
+pub fn tracegap_sys_enter(ctx: BtfTracePointContext) -> i32 {
     let id: i64 = ctx.arg(1);
     // Most syscalls leave here, after one compare chain and no memory access.
     if !matches!(
@@ -49,14 +55,8 @@ pub fn tracegap_sys_enter(ctx: RawTracePointContext) -> i32 {
     ) {
         return 0;
     }
-    let args = match Args::of_syscall(&ctx) {
-        Ok(Some(args)) => args,
-        Ok(None) => return 0,
-        Err(()) => {
-            // Rare (counted as `args_unreadable`): the saved registers should always be readable.
-            warn!(&ctx, "syscall {}: arguments unreadable", id);
-            return 0;
-        }
+    let Some(args) = Args::of_syscall(ctx.arg(0)) else {
+        return 0;
     };
     // One send path for the four send syscalls (see send.rs).
     let send = match id {
@@ -82,11 +82,16 @@ pub fn tracegap_sys_enter(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// `sys_exit(struct pt_regs *regs, long ret)`: only receives have work here, and they left a
-/// stash slot for the thread at enter, so no syscall number is needed.
-#[raw_tracepoint(tracepoint = "sys_exit")]
-pub fn tracegap_sys_exit(ctx: RawTracePointContext) -> i32 {
-    let ret: i64 = ctx.arg(1);
-    recv::on_exit(ret);
+/// `sys_exit(struct pt_regs *regs, long ret)`: only receives have work here (they left a stash
+/// slot for the thread at enter); every other syscall leaves after one load and compare chain.
+#[btf_tracepoint(function = "sys_exit")]
+pub fn tracegap_sys_exit(ctx: BtfTracePointContext) -> i32 {
+    if matches!(
+        exiting_syscall(ctx.arg(0)),
+        nr::READ | nr::RECVFROM | nr::READV | nr::RECVMSG
+    ) {
+        let ret: i64 = ctx.arg(1);
+        recv::on_exit(ret);
+    }
     0
 }

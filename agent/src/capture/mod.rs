@@ -13,8 +13,8 @@ use agent_common::{
 };
 use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::RawTracePoint,
-    Ebpf, EbpfLoader,
+    programs::{BtfTracePoint, RawTracePoint},
+    Btf, Ebpf, EbpfLoader,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -30,11 +30,16 @@ const BPF_NOEXIST: u64 = 1;
 /// The eBPF object built by agent/build.rs (empty when the host had no eBPF toolchain).
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("TRACEGAP_BPF_OBJECT"));
 
-/// Program name → raw tracepoint it attaches to (see agent-ebpf/src/tp.rs for why raw, and
-/// agent-ebpf/src/process.rs for the process records).
-const PROGRAMS: &[(&str, &str)] = &[
+/// Program name → raw tracepoint it attaches to as a BTF tracepoint (`tp_btf`: the programs
+/// load the saved registers directly; see agent-ebpf/src/tp.rs and args.rs).
+const BTF_PROGRAMS: &[(&str, &str)] = &[
     ("tracegap_sys_enter", "sys_enter"),
     ("tracegap_sys_exit", "sys_exit"),
+];
+
+/// Program name → raw tracepoint it attaches to (see agent-ebpf/src/process.rs for the process
+/// records).
+const PROGRAMS: &[(&str, &str)] = &[
     ("tracegap_exec", "sched_process_exec"),
     ("tracegap_fork", "sched_process_fork"),
     ("tracegap_exit", "sched_process_exit"),
@@ -65,6 +70,11 @@ pub enum CaptureError {
     },
     #[error("map {0} is missing from the eBPF object")]
     MissingMap(&'static str),
+    #[error(
+        "reading the kernel's BTF (/sys/kernel/btf/vmlinux) failed: the syscall programs are \
+         BTF tracepoints and need a kernel built with CONFIG_DEBUG_INFO_BTF"
+    )]
+    Btf(#[source] aya::BtfError),
     #[error("map {name} has an unexpected type")]
     Map {
         name: &'static str,
@@ -153,6 +163,26 @@ impl Capture {
             .load(BPF_OBJECT)
             .map_err(CaptureError::Load)?;
         let mut attached = 0;
+        {
+            // Parsed again after the loader (which parses its own copy and keeps it private)
+            // is gone, so that the two never sit in memory together.
+            let btf = Btf::from_sys_fs().map_err(CaptureError::Btf)?;
+            for &(name, tracepoint) in BTF_PROGRAMS {
+                let attach_error = |source| CaptureError::Attach {
+                    name,
+                    tracepoint,
+                    source,
+                };
+                let program: &mut BtfTracePoint = ebpf
+                    .program_mut(name)
+                    .ok_or(CaptureError::MissingProgram(name))?
+                    .try_into()
+                    .map_err(attach_error)?;
+                program.load(tracepoint, &btf).map_err(attach_error)?;
+                program.attach().map_err(attach_error)?;
+                attached += 1;
+            }
+        }
         for &(name, tracepoint) in PROGRAMS {
             let program: &mut RawTracePoint = ebpf
                 .program_mut(name)
