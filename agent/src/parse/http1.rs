@@ -6,7 +6,7 @@
 
 use super::{
     strip_path,
-    trace_context::{is_trace_header, TraceHeaders},
+    trace_context::{trace_header_name, TraceHeaders},
     Request,
 };
 use crate::model::Protocol;
@@ -55,12 +55,9 @@ fn build(req: &httparse::Request<'_, '_>, complete: bool) -> Request {
             .headers
             .iter()
             .filter_map(|h| {
-                let name = h.name.to_ascii_lowercase();
-                if !is_trace_header(&name) {
-                    return None;
-                }
+                let name = trace_header_name(h.name)?;
                 let value = String::from_utf8_lossy(h.value).into_owned();
-                Some((name, value))
+                Some((name.to_owned(), value))
             })
             .collect(),
     };

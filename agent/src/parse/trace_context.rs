@@ -18,7 +18,7 @@ pub const B3_FLAGS: &str = "x-b3-flags";
 pub const UBER_TRACE_ID: &str = "uber-trace-id";
 /// Vendor and legacy formats: recognised as trace context, not as W3C. `grpc-trace-bin` is
 /// OpenCensus's binary context in gRPC metadata (base64 on the wire).
-pub const VENDOR_HEADERS: &[&str] = &[
+pub const VENDOR_HEADERS: [&str; 5] = [
     "grpc-trace-bin",
     "x-cloud-trace-context",
     "x-amzn-trace-id",
@@ -26,20 +26,39 @@ pub const VENDOR_HEADERS: &[&str] = &[
     "x-datadog-parent-id",
 ];
 
-/// Every header whose value may be kept past parsing. All other values are dropped unread.
+/// Every header whose value may be kept past parsing, in lowercase. All other values are
+/// dropped unread.
+const TRACE_HEADERS: [&str; 14] = [
+    TRACEPARENT,
+    TRACESTATE,
+    B3,
+    B3_TRACE_ID,
+    B3_SPAN_ID,
+    B3_SAMPLED,
+    B3_PARENT_SPAN_ID,
+    B3_FLAGS,
+    UBER_TRACE_ID,
+    VENDOR_HEADERS[0],
+    VENDOR_HEADERS[1],
+    VENDOR_HEADERS[2],
+    VENDOR_HEADERS[3],
+    VENDOR_HEADERS[4],
+];
+
+/// Whether a lowercase header name (HTTP/2 and gRPC metadata names are lowercase on the wire)
+/// is trace context.
 pub fn is_trace_header(lower_name: &str) -> bool {
-    matches!(
-        lower_name,
-        TRACEPARENT
-            | TRACESTATE
-            | B3
-            | B3_TRACE_ID
-            | B3_SPAN_ID
-            | B3_SAMPLED
-            | B3_PARENT_SPAN_ID
-            | B3_FLAGS
-            | UBER_TRACE_ID
-    ) || VENDOR_HEADERS.contains(&lower_name)
+    TRACE_HEADERS.contains(&lower_name)
+}
+
+/// The trace-context header `name` is, in its lowercase spelling, compared ignoring ASCII case
+/// (HTTP/1 header names are case-insensitive): `None` for every other header, without
+/// allocating, since most headers of most requests are not trace context.
+pub fn trace_header_name(name: &str) -> Option<&'static str> {
+    TRACE_HEADERS
+        .iter()
+        .find(|known| known.eq_ignore_ascii_case(name))
+        .copied()
 }
 
 /// A valid W3C `traceparent`.

@@ -1,4 +1,4 @@
-//! Targets from issue 6, and the markdown table. A benchmark reports; it never fails on a
+//! Targets from issues 6 and 19, and the markdown table. A benchmark reports; it never fails on a
 //! missed target.
 
 use std::fmt::Write as _;
@@ -48,8 +48,8 @@ fn rows(r: &Value) -> Vec<Row> {
         "throughput loss at saturation (wrk)".into(),
         sat_loss,
         "%",
-        "≤ 3",
-        sat_loss.map(|x| x <= 3.0),
+        "≤ 5",
+        sat_loss.map(|x| x <= 5.0),
     );
     push(
         "saturation throughput, agent off".into(),
@@ -85,16 +85,16 @@ fn rows(r: &Value) -> Vec<Row> {
         "Δp99 latency at saturation".into(),
         p99s,
         "µs",
-        "≤ 50",
-        p99s.map(|x| x <= 50.0),
+        "≤ 100",
+        p99s.map(|x| x <= 100.0),
     );
     let cpu = num(&h["agent_cpu_m_per_10k_fixed"]);
     push(
         "agent CPU per 10k req/s (fixed rate)".into(),
         cpu,
         "m",
-        "≤ 50",
-        cpu.map(|x| x <= 50.0),
+        "≤ 20",
+        cpu.map(|x| x <= 20.0),
     );
     push(
         "agent CPU per 10k req/s (saturation)".into(),
@@ -114,13 +114,13 @@ fn rows(r: &Value) -> Vec<Row> {
         let captured = v["captured"].as_bool().unwrap_or(false);
         let added = num(&v["ns_added"]);
         if super::kernel::is_tls(kind) {
-            // No target was set for TLS; the cost is a uprobe trap per call.
+            // Issue #19: ≤ 27 µs per pair (the cost is mostly the uprobe traps).
             push(
                 format!("ns added per `{kind}` SSL_write + SSL_read pair"),
                 added,
                 "ns",
-                "",
-                None,
+                "≤ 27000",
+                added.map(|x| x <= 27_000.0),
             );
             push(
                 format!("BPF run time per `{kind}` SSL call (entry + return probe, bpf_stats)"),
@@ -170,8 +170,8 @@ fn rows(r: &Value) -> Vec<Row> {
         "max captured req/s with zero ring buffer drops".into(),
         num(&c["max_zero_drop_rps"]),
         "req/s",
-        "",
-        None,
+        "≥ 200000",
+        num(&c["max_zero_drop_rps"]).map(|x| x >= 200_000.0),
     );
     let z = c["zero_drops_at_100k"].as_bool();
     push(
