@@ -64,10 +64,14 @@ pub enum Counter {
     /// Outbound HTTP/2 connections to ports other than OTLP/gRPC's read whole on probation
     /// (`EXPORT_PROBATION_BYTES`), until the agent finds whether they carry exports.
     ExportProbations,
+    /// HTTP/1 requests not captured because their CPU was past its capture budget
+    /// (`--max-capture-rate`): one in `SAMPLE_ONE_IN` past the budget is captured, these are
+    /// the rest. Not judged, by choice of the operator.
+    SampledOut,
 }
 
 impl Counter {
-    pub const COUNT: usize = 23;
+    pub const COUNT: usize = 24;
 
     /// Every counter, in index order.
     pub const ALL: [Self; Self::COUNT] = [
@@ -94,6 +98,7 @@ impl Counter {
         Self::ExportChunksLost,
         Self::ExportBytesSkipped,
         Self::ExportProbations,
+        Self::SampledOut,
     ];
 
     /// The name in the table, the JSON `counters` line and the OTLP `reason` attribute.
@@ -122,6 +127,7 @@ impl Counter {
             Self::ExportChunksLost => "export_chunks_lost",
             Self::ExportBytesSkipped => "export_bytes_skipped",
             Self::ExportProbations => "export_probations",
+            Self::SampledOut => "sampled_out",
         }
     }
 
@@ -141,7 +147,8 @@ impl Counter {
             | Self::ProcessRecordsLost
             | Self::ExecUnreadable
             | Self::ExportChunksLost
-            | Self::ExportBytesSkipped => true,
+            | Self::ExportBytesSkipped
+            | Self::SampledOut => true,
             Self::Inspected
             | Self::Captured
             | Self::Truncated

@@ -56,10 +56,36 @@ const _: () = assert!(H2_PROCS_ENTRIES.is_power_of_two());
 pub const GO_TLS_STASH_ENTRIES: u32 = 16_384;
 pub const COMM_LEN: usize = 16;
 
+/// The capture budget's window (`--max-capture-rate`, see [`CaptureBudget`]): 10 ms, so that a
+/// burst is sampled within milliseconds and a budget of a few hundred per window is exact.
+pub const CAPTURE_BUDGET_WINDOW_NS: u64 = 10_000_000;
+/// Windows per second, to turn a rate into a per-window budget.
+pub const CAPTURE_BUDGET_WINDOWS_PER_S: u32 = (1_000_000_000 / CAPTURE_BUDGET_WINDOW_NS) as u32;
+/// Past its budget, a CPU still captures one HTTP/1 request in this many (the rest are counted
+/// as `sampled_out`), so every process keeps being seen.
+pub const SAMPLE_ONE_IN: u32 = 16;
+
+/// One CPU's capture budget in the current window: HTTP/1 requests captured past
+/// `CAPTURE_BUDGET` per window are sampled, one in [`SAMPLE_ONE_IN`]. HTTP/2 connections and
+/// export streams, which need every byte, are never sampled.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CaptureBudget {
+    pub window_start_ns: u64,
+    /// Requests captured within the budget in this window.
+    pub used: u32,
+    /// Requests past the budget in this window (captured one in [`SAMPLE_ONE_IN`]).
+    pub over: u32,
+}
+const _: () = assert!(size_of::<CaptureBudget>() == 16);
+
 /// Names of the load-time globals in the eBPF object (set with `EbpfLoader::set_global`).
 pub const GLOBAL_AGENT_TGID: &str = "AGENT_TGID";
 pub const GLOBAL_CAPTURE_CAP: &str = "CAPTURE_CAP";
 pub const GLOBAL_KERNEL_OFFSETS: &str = "KERNEL_OFFSETS";
+/// HTTP/1 requests each CPU captures per [`CAPTURE_BUDGET_WINDOW_NS`] before sampling; 0: no
+/// budget (`--max-capture-rate`).
+pub const GLOBAL_CAPTURE_BUDGET: &str = "CAPTURE_BUDGET";
 /// The floor programs (agent-ebpf floor.rs) and their raw tracepoints: attached by the bench
 /// only, never by the agent.
 pub const FLOOR_PROGRAMS: [(&str, &str); 2] = [

@@ -1,8 +1,8 @@
 //! The capture path shared by every send and receive hook: cheap HTTP check, copy, ring buffer.
 
 use agent_common::{
-    direction, family, flags, Counter, EventBuf, H2Conn, SocketKey, CAPTURE_CAP_MAX,
-    EVENT_HEADER_LEN, MAX_IOVECS, MIN_REQUEST_LEN,
+    direction, family, flags, Counter, EventBuf, H2Conn, SocketKey, CAPTURE_BUDGET_WINDOW_NS,
+    CAPTURE_CAP_MAX, EVENT_HEADER_LEN, MAX_IOVECS, MIN_REQUEST_LEN, SAMPLE_ONE_IN,
 };
 use aya_ebpf::{
     cty::c_void,
@@ -16,9 +16,8 @@ use aya_ebpf::{
 use crate::{
     export, h2,
     io::{clamp_to_cap, read_user, tls_flag, Source, Syscall},
-    maps::{count, CAPTURE_CAP, EVENTS, PEERS, SCRATCH},
+    maps::{count, BUDGET, CAPTURE_BUDGET, CAPTURE_CAP, EVENTS, PEERS, SCRATCH},
 };
-
 /// `value` as bytes in memory order, with a mask over its first `N` bytes.
 const fn prefix<const N: usize>(method: &[u8; N]) -> (u64, u64) {
     let mut value = 0u64;
@@ -134,6 +133,10 @@ pub fn capture(sys: &Syscall, src: Source) -> Result<Seen, ()> {
         let conn = if first8 == h2::PREFACE_PREFIX {
             h2::mark(tgid, sys.fd, sys.direction, tls, false)
         } else {
+            if over_budget() {
+                count(Counter::SampledOut);
+                return Ok(Seen::Request);
+            }
             None
         };
         return copy_and_submit(sys, src, conn).map(|()| Seen::Request);
@@ -145,6 +148,36 @@ pub fn capture(sys: &Syscall, src: Source) -> Result<Seen, ()> {
         }
     }
     Ok(Seen::Other(first8))
+}
+
+/// Whether this CPU is past its capture budget and this HTTP/1 request is not the one in
+/// `SAMPLE_ONE_IN` still captured. The per-CPU slot needs no lock: tracepoint programs run with
+/// preemption off, and a uprobe racing one on the same CPU at worst miscounts one request of
+/// the budget (the `sampled_out` count stays exact: it counts what this returns).
+#[inline(always)]
+fn over_budget() -> bool {
+    let budget = CAPTURE_BUDGET.load();
+    if budget == 0 {
+        return false;
+    }
+    let Some(state) = BUDGET.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's slot (see above).
+    let state = unsafe { &mut *state };
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if now.wrapping_sub(state.window_start_ns) >= CAPTURE_BUDGET_WINDOW_NS {
+        state.window_start_ns = now;
+        state.used = 0;
+        state.over = 0;
+    }
+    if state.used < budget {
+        state.used += 1;
+        return false;
+    }
+    state.over = state.over.wrapping_add(1);
+    state.over % SAMPLE_ONE_IN != 0
 }
 
 /// A connection opened before the agent: its first request HEADERS frame marks it (h2.rs).

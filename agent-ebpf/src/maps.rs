@@ -1,7 +1,9 @@
 //! Every map and load-time global of the object, and the two helpers every program uses:
 //! counting an event and telling the agent's own process apart.
 
-use agent_common::{Counter, EventBuf, Peer, SocketKey, PEERS_ENTRIES, RING_BUF_BYTES_DEFAULT};
+use agent_common::{
+    CaptureBudget, Counter, EventBuf, Peer, SocketKey, PEERS_ENTRIES, RING_BUF_BYTES_DEFAULT,
+};
 use aya_ebpf::{
     macros::map,
     maps::{LruHashMap, PerCpuArray, RingBuf},
@@ -14,6 +16,15 @@ pub static AGENT_TGID: Global<u32> = Global::new(0);
 /// Capture cap in bytes, at most `CAPTURE_CAP_MAX` (set at load time).
 #[unsafe(no_mangle)]
 pub static CAPTURE_CAP: Global<u32> = Global::new(agent_common::CAPTURE_CAP_DEFAULT);
+
+/// HTTP/1 requests each CPU captures per budget window before sampling; 0: no budget (set at
+/// load time from `--max-capture-rate`).
+#[unsafe(no_mangle)]
+pub static CAPTURE_BUDGET: Global<u32> = Global::new(0);
+
+/// Each CPU's capture budget in the current window (see `agent_common::CaptureBudget`).
+#[map]
+pub static BUDGET: PerCpuArray<CaptureBudget> = PerCpuArray::with_max_entries(1, 0);
 
 /// Captured requests: an `EventHeader` followed by `captured_len` bytes.
 #[map]

@@ -133,6 +133,12 @@ pub struct AgentArgs {
           value_parser = clap::value_parser!(u32).range(16..=agent_common::CAPTURE_CAP_MAX as i64))]
     pub capture_bytes: u32,
 
+    /// Overload guard: HTTP/1 requests each CPU captures per second before it samples one in
+    /// 16 of the rest (counted as `sampled_out`, not judged). HTTP/2, gRPC and span exports
+    /// are never sampled. 0: capture every request (the default).
+    #[arg(long, default_value_t = 0)]
+    pub max_capture_rate: u32,
+
     /// Ring buffer size in bytes (a power of two, a multiple of the page size).
     #[arg(long, default_value_t = agent_common::RING_BUF_BYTES_DEFAULT, value_parser = parse_ring_bytes)]
     pub ring_buffer_bytes: u32,

@@ -114,6 +114,7 @@ impl Session {
         };
         let capture = Capture::start(&CaptureConfig {
             capture_bytes: args.capture_bytes,
+            max_capture_rate: args.max_capture_rate,
             ring_bytes: args.ring_buffer_bytes,
             tls: args.tls.is_on(),
             export_max_bytes: if args.span_intake.wire() {

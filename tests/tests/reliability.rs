@@ -1,4 +1,5 @@
-//! Reliability: exact loss accounting past the ring buffer's capacity, clean detach on SIGINT
+//! Reliability: exact loss accounting past the ring buffer's capacity and past the capture
+//! budget (`--max-capture-rate`), clean detach on SIGINT
 //! and SIGKILL, two agents at once, and flat memory under process and connection churn.
 
 use std::{
@@ -183,6 +184,54 @@ fn flood_past_ring_buffer_capacity_is_counted_exactly() {
     }
     panic!(
         "captured + dropped never equalled sent exactly (other processes kept sending HTTP?):\n{}",
+        attempts.join("\n")
+    );
+}
+
+#[test]
+fn past_the_capture_budget_requests_are_sampled_and_counted_exactly() {
+    // `--max-capture-rate 1000`: each CPU captures 10 requests per 10 ms window, then one in 16.
+    // A flood of 50,000 requests from this process (one CPU at a time, ~1 s) must be mostly
+    // sampled out, still be seen (one in 16 past the budget), and every request must be either
+    // captured or counted: attributed + sampled_out + ringbuf_full = sent. The counters are
+    // global, so another process's request sampled meanwhile is noise, retried as above.
+    let mut attempts = Vec::new();
+    for _ in 0..3 {
+        let agent = Agent::start(&[&RECEIVERS_OFF[..], &["--max-capture-rate", "1000"]].concat());
+        let sent = flood(50_000);
+        let lines = agent.stop();
+        let counters = last_counters(&lines).clone();
+        let k = |name: &str| counters["kernel"][name].as_u64().expect(name);
+        let (sampled, dropped, inspected) = (k("sampled_out"), k("ringbuf_full"), k("inspected"));
+        let attributed = requests_of(&lines, std::process::id());
+        assert!(
+            sampled > sent / 2,
+            "most of {sent} requests past a 1000/s budget are sampled out: {counters}"
+        );
+        assert!(
+            attributed >= sent / 32 && attributed < sent / 4,
+            "one in 16 past the budget is still captured: {attributed} of {sent}: {counters}"
+        );
+        assert!(
+            attributed + sampled + dropped >= sent,
+            "a request was neither captured nor counted: {attributed} + {sampled} + {dropped} \
+             < {sent}: {counters}"
+        );
+        let others_inspected = inspected.saturating_sub(sent);
+        assert!(
+            attributed + sampled + dropped - sent <= others_inspected,
+            "more sampled or dropped than this flood and other traffic explain: {counters}"
+        );
+        if attributed + sampled + dropped == sent {
+            return;
+        }
+        attempts.push(format!(
+            "sent {sent}, captured for this pid {attributed}, sampled out {sampled}, dropped \
+             {dropped} ({others_inspected} other syscalls inspected)"
+        ));
+    }
+    panic!(
+        "captured + sampled + dropped never equalled sent exactly:\n{}",
         attempts.join("\n")
     );
 }

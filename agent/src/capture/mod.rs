@@ -6,10 +6,10 @@ pub mod offsets;
 pub mod uprobe;
 
 use agent_common::{
-    Counter, ExportConn, KernelOffsets, SocketKey, CAPTURE_CAP_MAX, EXPORT_PROCS_ENTRIES,
-    GLOBAL_AGENT_TGID, GLOBAL_CAPTURE_CAP, GLOBAL_EXPORT_MAX_BYTES, GLOBAL_KERNEL_OFFSETS,
-    GLOBAL_RECEIVER_PORTS, MAP_COUNTERS, MAP_EVENTS, MAP_EXPORT_CONNS, MAP_EXPORT_KEEP,
-    MAP_EXPORT_PROCS,
+    Counter, ExportConn, KernelOffsets, SocketKey, CAPTURE_BUDGET_WINDOWS_PER_S, CAPTURE_CAP_MAX,
+    EXPORT_PROCS_ENTRIES, GLOBAL_AGENT_TGID, GLOBAL_CAPTURE_BUDGET, GLOBAL_CAPTURE_CAP,
+    GLOBAL_EXPORT_MAX_BYTES, GLOBAL_KERNEL_OFFSETS, GLOBAL_RECEIVER_PORTS, MAP_COUNTERS,
+    MAP_EVENTS, MAP_EXPORT_CONNS, MAP_EXPORT_KEEP, MAP_EXPORT_PROCS, SAMPLE_ONE_IN,
 };
 use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
@@ -92,6 +92,9 @@ pub enum CaptureError {
 pub struct CaptureConfig {
     /// Request bytes captured per syscall (`--capture-bytes`).
     pub capture_bytes: u32,
+    /// HTTP/1 requests each CPU captures per second before sampling (`--max-capture-rate`);
+    /// 0: no limit.
+    pub max_capture_rate: u32,
     /// Ring buffer size (`--ring-buffer-bytes`).
     pub ring_bytes: u32,
     /// TLS uprobes (`--tls`).
@@ -118,6 +121,12 @@ pub struct Capture {
     drained: bool,
 }
 
+/// The per-CPU budget per window for `--max-capture-rate` requests per second (rounded up,
+/// so a small rate still captures); 0 stays 0 (no budget).
+fn capture_budget(max_capture_rate: u32) -> u32 {
+    max_capture_rate.div_ceil(CAPTURE_BUDGET_WINDOWS_PER_S)
+}
+
 /// How long to let records accumulate after the ring buffer was emptied (the 8 MiB default
 /// ring holds ~50k records: a third of a second at 150k/s).
 const COALESCE: std::time::Duration = std::time::Duration::from_millis(10);
@@ -127,6 +136,7 @@ impl Capture {
     pub fn start(config: &CaptureConfig) -> Result<Self, CaptureError> {
         let CaptureConfig {
             capture_bytes,
+            max_capture_rate,
             ring_bytes,
             tls,
             export_max_bytes,
@@ -152,6 +162,11 @@ impl Capture {
         let mut ebpf = EbpfLoader::new()
             .override_global(GLOBAL_AGENT_TGID, &own_tgid, true)
             .override_global(GLOBAL_CAPTURE_CAP, &cap, true)
+            .override_global(
+                GLOBAL_CAPTURE_BUDGET,
+                &capture_budget(max_capture_rate),
+                true,
+            )
             .override_global(GLOBAL_KERNEL_OFFSETS, &kernel_offsets, true)
             .override_global(GLOBAL_EXPORT_MAX_BYTES, &export_max_bytes, true)
             .override_global(
@@ -253,7 +268,8 @@ impl Capture {
             unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
                 .map_err(|e| CaptureError::Poll(e.into()))?;
         log::info!(
-            "attached {attached} programs to raw syscall tracepoints (capture cap {cap} bytes, ring buffer {ring_bytes} bytes, agent pid {own_tgid} excluded)"
+            "attached {attached} programs to raw syscall tracepoints (capture cap {cap} bytes, ring buffer {ring_bytes} bytes, {}, agent pid {own_tgid} excluded)",
+            if max_capture_rate == 0 { "every request captured".to_owned() } else { format!("past {max_capture_rate} HTTP/1 requests/s per CPU one in {SAMPLE_ONE_IN} captured") }
         );
         Ok(Self {
             ebpf,
@@ -394,4 +410,17 @@ fn push_or_exec(
         execs.push(*pid);
     }
     out.push(record);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_capture_rate_becomes_a_budget_per_window_rounded_up() {
+        assert_eq!(capture_budget(0), 0, "0 stays no budget");
+        assert_eq!(capture_budget(1), 1);
+        assert_eq!(capture_budget(1000), 10);
+        assert_eq!(capture_budget(20_001), 201);
+    }
 }
