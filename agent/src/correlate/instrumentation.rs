@@ -19,14 +19,27 @@ use crate::{attribute::inventory::Inventory, findings::FindingKind};
 /// How long a process has to show it is instrumented (export spans) after a request without
 /// context, before the request is called `uninstrumented_client`.
 pub const INSTRUMENTATION_SETTLE: Duration = Duration::from_secs(5);
-/// Requests awaiting that verdict; past it the oldest are settled at once.
-const MAX_PROVISIONAL: usize = 65_536;
+/// Held requests (groups of them, see [`MERGE_WINDOW`]) awaiting that verdict; past it all are
+/// settled at once, early (counted: `verdicts_settled_early`). One is ~0.5 KiB.
+pub(super) const MAX_PROVISIONAL: usize = 16_384;
+/// A request joins a held group of the same finding identity whose first request is less than
+/// this older (each still waits its full [`INSTRUMENTATION_SETTLE`]): at saturation a client
+/// sends ~100k requests/s of one identity, and holding each one took tens of MiB.
+const MERGE_WINDOW: Duration = Duration::from_secs(1);
+/// How many of the most recent groups a request may join.
+const MERGE_LOOKBACK: usize = 16;
 
-/// A request without context, awaiting its process's instrumentation verdict.
-struct Provisional {
+/// Requests without context of one finding identity, awaiting their process's
+/// instrumentation verdict.
+pub(super) struct Provisional {
+    /// The last request's time plus [`INSTRUMENTATION_SETTLE`].
     due: SystemTime,
-    /// The finding as `uninstrumented_client`.
+    /// The finding as `uninstrumented_client`, at the first request's time.
     raised: Raised,
+    /// The last request's time.
+    last: SystemTime,
+    /// Requests held.
+    count: u64,
     /// The process's identity (environment) was read: if it never exports, it really is
     /// uninstrumented. Otherwise (exited first, no permission) it is unknown and not judged.
     identity_known: bool,
@@ -40,11 +53,14 @@ pub struct Instrumentation {
     /// connection whose calls were not decoded (counted as spans: not knowing is no finding).
     span_exporters: HashSet<u32>,
     /// Requests without context awaiting the instrumentation verdict of their process.
-    provisional: VecDeque<Provisional>,
+    pub(super) provisional: VecDeque<Provisional>,
     /// Requests without context from processes whose environment could not be read (exited
     /// first, or /proc not readable): whether they were instrumented is unknown, so they are
     /// not judged.
     pub process_unknown: u64,
+    /// Requests whose verdict was settled before their time because [`MAX_PROVISIONAL`]
+    /// groups were held.
+    pub settled_early: u64,
 }
 
 impl Instrumentation {
@@ -67,12 +83,41 @@ impl Instrumentation {
 
     /// Holds an `uninstrumented_client` verdict until the process had time to export.
     pub fn defer(&mut self, raised: Raised, identity_known: bool, out: &mut Vec<Raised>) {
+        let at = raised.at;
+        // Requests placed in a trace each keep their place: never merged.
+        if raised.place.is_none() {
+            let group = self
+                .provisional
+                .iter_mut()
+                .rev()
+                .take(MERGE_LOOKBACK)
+                .find(|p| {
+                    let gap = at
+                        .duration_since(p.raised.at)
+                        .unwrap_or_else(|e| e.duration());
+                    gap < MERGE_WINDOW
+                        && p.identity_known == identity_known
+                        && p.raised.place.is_none()
+                        && p.raised.key == raised.key
+                        && p.raised.evidence == raised.evidence
+                });
+            if let Some(p) = group {
+                p.count += 1;
+                p.raised.at = p.raised.at.min(at);
+                p.last = p.last.max(at);
+                p.due = p.due.max(at + INSTRUMENTATION_SETTLE);
+                return;
+            }
+        }
         if self.provisional.len() >= MAX_PROVISIONAL {
+            self.settled_early += self.provisional.iter().map(|p| p.count).sum::<u64>();
             self.settle(|_| true, out);
         }
         self.provisional.push_back(Provisional {
-            due: raised.at + INSTRUMENTATION_SETTLE,
+            due: at + INSTRUMENTATION_SETTLE,
             raised,
+            last: at,
+            count: 1,
             identity_known,
         });
     }
@@ -99,25 +144,44 @@ impl Instrumentation {
     }
 
     /// Seen exporting since → `missing_traceparent`; identity unknown → not judged (counted);
-    /// otherwise `uninstrumented_client`.
+    /// otherwise `uninstrumented_client`. In place: the groups not ready go round to the back
+    /// in their order (no second queue while both are full).
     fn settle(&mut self, ready: impl Fn(&Provisional) -> bool, out: &mut Vec<Raised>) {
-        let (now_ready, waiting): (VecDeque<_>, VecDeque<_>) =
-            std::mem::take(&mut self.provisional)
-                .into_iter()
-                .partition(|p| ready(p));
-        self.provisional = waiting;
-        for p in now_ready {
-            let mut raised = p.raised;
+        for _ in 0..self.provisional.len() {
+            let Some(p) = self.provisional.pop_front() else {
+                break;
+            };
+            if !ready(&p) {
+                self.provisional.push_back(p);
+                continue;
+            }
+            let Provisional {
+                mut raised,
+                last,
+                count,
+                identity_known,
+                ..
+            } = p;
             if self.exporters.contains(&raised.key.pid) {
                 raised.key.kind = FindingKind::MissingTraceparent;
-            } else if !p.identity_known {
-                self.process_unknown += 1;
+            } else if !identity_known {
+                self.process_unknown += count;
                 continue;
             } else {
                 // Only a broken chain of an instrumented process goes in the trace.
                 raised.place = None;
             }
+            // The first request at its time, the rest at the last one's.
+            let rest = (count > 1).then(|| Raised {
+                key: raised.key.clone(),
+                subject: raised.subject.clone(),
+                evidence: raised.evidence.clone(),
+                at: last,
+                count: count - 1,
+                place: None,
+            });
             out.push(raised);
+            out.extend(rest);
         }
     }
 }
