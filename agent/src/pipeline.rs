@@ -343,6 +343,7 @@ impl Pipeline {
             attribute: self.attributor.counters(),
             correlate: self.correlator.counters().clone(),
             process_unknown: self.correlator.process_unknown(),
+            verdicts_settled_early: self.correlator.verdicts_settled_early(),
             traces: self.correlator.trace_counters().clone(),
             findings: self.findings.len() as u64,
             findings_evicted: self.findings.evicted,

@@ -80,6 +80,9 @@ pub struct AgentCounters {
     pub correlate: CorrelateCounters,
     /// Requests without context whose process could not be identified: not judged.
     pub process_unknown: u64,
+    /// Requests without context whose instrumentation verdict was settled before their
+    /// process had its full time to export (too many were held).
+    pub verdicts_settled_early: u64,
     pub traces: TraceCounters,
     /// Distinct findings held now.
     pub findings: u64,
@@ -118,6 +121,7 @@ impl AgentCounters {
         named.extend(self.correlate.named());
         named.extend([
             ("process_unknown", self.process_unknown),
+            ("verdicts_settled_early", self.verdicts_settled_early),
             ("findings", self.findings),
             ("findings_evicted", self.findings_evicted),
             ("processes_with_stats", self.processes_with_stats),

@@ -19,60 +19,30 @@ use crate::{attribute::inventory::Inventory, findings::FindingKind};
 /// How long a process has to show it is instrumented (export spans) after a request without
 /// context, before the request is called `uninstrumented_client`.
 pub const INSTRUMENTATION_SETTLE: Duration = Duration::from_secs(5);
-/// Requests awaiting that verdict; past it the oldest are settled at once.
-const MAX_PROVISIONAL: usize = 65_536;
-/// Repeats of the held request just before (same finding, same process as known, same
-/// evidence) within this window join it instead of being held one by one: at saturation a
-/// client sends the same request ~100k times a second, and holding each for 5 s cost more
-/// than everything else the agent does per request.
-const JOIN_WITHIN: Duration = Duration::from_secs(1);
+/// Held requests (groups of them, see [`MERGE_WINDOW`]) awaiting that verdict; past it all are
+/// settled at once, early (counted: `verdicts_settled_early`). One is ~0.5 KiB.
+pub(super) const MAX_PROVISIONAL: usize = 16_384;
+/// A request joins a held group of the same finding identity whose first request is less than
+/// this older (each still waits its full [`INSTRUMENTATION_SETTLE`]): at saturation a client
+/// sends ~100k requests/s of one identity, and holding each one took tens of MiB.
+const MERGE_WINDOW: Duration = Duration::from_secs(1);
+/// How many of the most recent groups a request may join.
+const MERGE_LOOKBACK: usize = 16;
 
-/// Requests without context, awaiting their process's instrumentation verdict: one request,
-/// or repeats of it that joined it (`raised.count`).
-struct Provisional {
-    /// When the verdict is due: [`INSTRUMENTATION_SETTLE`] after the last request held here.
+/// Requests without context of one finding identity, awaiting their process's
+/// instrumentation verdict.
+pub(super) struct Provisional {
+    /// The last request's time plus [`INSTRUMENTATION_SETTLE`].
     due: SystemTime,
-    /// The finding as `uninstrumented_client`, at the first request held here.
+    /// The finding as `uninstrumented_client`, at the first request's time.
     raised: Raised,
-    /// The last request held here (`raised.at` when there is one).
-    last_at: SystemTime,
+    /// The last request's time.
+    last: SystemTime,
+    /// Requests held.
+    count: u64,
     /// The process's identity (environment) was read: if it never exports, it really is
     /// uninstrumented. Otherwise (exited first, no permission) it is unknown and not judged.
     identity_known: bool,
-}
-
-impl Provisional {
-    /// Whether `raised` repeats this held request and may join it.
-    fn joins(&self, raised: &Raised, identity_known: bool) -> bool {
-        self.identity_known == identity_known
-            && raised.at >= self.raised.at
-            && raised
-                .at
-                .duration_since(self.raised.at)
-                .is_ok_and(|d| d < JOIN_WITHIN)
-            && self.raised.key == raised.key
-            && self.raised.subject == raised.subject
-            && self.raised.evidence == raised.evidence
-    }
-
-    /// The findings it settles into: the first request (with its trace place) and, when
-    /// repeats joined it, the rest at the last one's time, so first and last seen stay exact.
-    fn into_raised(self) -> impl Iterator<Item = Raised> {
-        let mut first = self.raised;
-        let rest = (first.count > 1).then(|| {
-            let rest = Raised {
-                key: first.key.clone(),
-                subject: first.subject.clone(),
-                evidence: first.evidence.clone(),
-                at: self.last_at,
-                count: first.count - 1,
-                place: None,
-            };
-            first.count = 1;
-            rest
-        });
-        std::iter::once(first).chain(rest)
-    }
 }
 
 #[derive(Default)]
@@ -83,11 +53,14 @@ pub struct Instrumentation {
     /// connection whose calls were not decoded (counted as spans: not knowing is no finding).
     span_exporters: HashSet<u32>,
     /// Requests without context awaiting the instrumentation verdict of their process.
-    provisional: VecDeque<Provisional>,
+    pub(super) provisional: VecDeque<Provisional>,
     /// Requests without context from processes whose environment could not be read (exited
     /// first, or /proc not readable): whether they were instrumented is unknown, so they are
     /// not judged.
     pub process_unknown: u64,
+    /// Requests whose verdict was settled before their time because [`MAX_PROVISIONAL`]
+    /// groups were held.
+    pub settled_early: u64,
 }
 
 impl Instrumentation {
@@ -110,36 +83,48 @@ impl Instrumentation {
 
     /// Holds an `uninstrumented_client` verdict until the process had time to export.
     pub fn defer(&mut self, raised: Raised, identity_known: bool, out: &mut Vec<Raised>) {
-        if let Some(last) = self.provisional.back_mut() {
-            if last.joins(&raised, identity_known) {
-                last.raised.count += raised.count;
-                last.last_at = raised.at;
-                last.due = last.due.max(raised.at + INSTRUMENTATION_SETTLE);
+        let at = raised.at;
+        // Requests placed in a trace each keep their place: never merged.
+        if raised.place.is_none() {
+            let group = self
+                .provisional
+                .iter_mut()
+                .rev()
+                .take(MERGE_LOOKBACK)
+                .find(|p| {
+                    let gap = at
+                        .duration_since(p.raised.at)
+                        .unwrap_or_else(|e| e.duration());
+                    gap < MERGE_WINDOW
+                        && p.identity_known == identity_known
+                        && p.raised.place.is_none()
+                        && p.raised.key == raised.key
+                        && p.raised.evidence == raised.evidence
+                });
+            if let Some(p) = group {
+                p.count += 1;
+                p.raised.at = p.raised.at.min(at);
+                p.last = p.last.max(at);
+                p.due = p.due.max(at + INSTRUMENTATION_SETTLE);
                 return;
             }
         }
         if self.provisional.len() >= MAX_PROVISIONAL {
-            if let Some(oldest) = self.provisional.pop_front() {
-                self.settle_one(oldest, out);
-            }
+            self.settled_early += self.provisional.iter().map(|p| p.count).sum::<u64>();
+            self.settle(|_| true, out);
         }
         self.provisional.push_back(Provisional {
-            due: raised.at + INSTRUMENTATION_SETTLE,
-            last_at: raised.at,
+            due: at + INSTRUMENTATION_SETTLE,
             raised,
+            last: at,
+            count: 1,
             identity_known,
         });
     }
 
-    /// Settles the verdicts due by `now`. Requests are held in the order they were captured,
-    /// so this stops at the first one not due: one that was captured a little out of order
-    /// (records from different CPUs) waits for the one before it, a few milliseconds at most.
+    /// Settles the verdicts due by `now`.
     pub fn settle_due(&mut self, now: SystemTime, out: &mut Vec<Raised>) {
-        while self.provisional.front().is_some_and(|p| p.due <= now) {
-            if let Some(p) = self.provisional.pop_front() {
-                self.settle_one(p, out);
-            }
-        }
+        self.settle(|p| p.due <= now, out);
     }
 
     /// Settles the verdicts of processes that exited (they export nothing more).
@@ -159,35 +144,44 @@ impl Instrumentation {
     }
 
     /// Seen exporting since → `missing_traceparent`; identity unknown → not judged (counted);
-    /// otherwise `uninstrumented_client`.
-    /// In place, keeping the order of those that wait.
+    /// otherwise `uninstrumented_client`. In place: the groups not ready go round to the back
+    /// in their order (no second queue while both are full).
     fn settle(&mut self, ready: impl Fn(&Provisional) -> bool, out: &mut Vec<Raised>) {
         for _ in 0..self.provisional.len() {
             let Some(p) = self.provisional.pop_front() else {
                 break;
             };
-            if ready(&p) {
-                self.settle_one(p, out);
-            } else {
+            if !ready(&p) {
                 self.provisional.push_back(p);
+                continue;
             }
-        }
-    }
-
-    fn settle_one(&mut self, p: Provisional, out: &mut Vec<Raised>) {
-        let exporter = self.exporters.contains(&p.raised.key.pid);
-        if !exporter && !p.identity_known {
-            self.process_unknown += p.raised.count;
-            return;
-        }
-        for mut raised in p.into_raised() {
-            if exporter {
+            let Provisional {
+                mut raised,
+                last,
+                count,
+                identity_known,
+                ..
+            } = p;
+            if self.exporters.contains(&raised.key.pid) {
                 raised.key.kind = FindingKind::MissingTraceparent;
+            } else if !identity_known {
+                self.process_unknown += count;
+                continue;
             } else {
                 // Only a broken chain of an instrumented process goes in the trace.
                 raised.place = None;
             }
+            // The first request at its time, the rest at the last one's.
+            let rest = (count > 1).then(|| Raised {
+                key: raised.key.clone(),
+                subject: raised.subject.clone(),
+                evidence: raised.evidence.clone(),
+                at: last,
+                count: count - 1,
+                place: None,
+            });
             out.push(raised);
+            out.extend(rest);
         }
     }
 }
@@ -198,116 +192,4 @@ impl Instrumentation {
 /// instrumented process, else `uninstrumented_client` after [`INSTRUMENTATION_SETTLE`].
 pub fn needs_wiring_verdict(inventory: Option<&Inventory>, exported_spans: bool) -> bool {
     !exported_spans && inventory.is_some_and(Inventory::expects_span_exports)
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::BTreeMap;
-
-    use super::*;
-    use crate::{findings::FindingKey, model::Direction};
-
-    fn t(ms: u64) -> SystemTime {
-        SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
-    }
-
-    fn request(pid: u32, path: &str, at_ms: u64) -> Raised {
-        Raised::once(
-            FindingKey {
-                kind: FindingKind::UninstrumentedClient,
-                pid,
-                direction: Direction::Outbound,
-                peer: None,
-                method: "GET".into(),
-                path: path.into(),
-                tls: false,
-                protocol: Default::default(),
-            },
-            None,
-            BTreeMap::new(),
-            t(at_ms),
-            None,
-        )
-    }
-
-    fn counts(out: &[Raised]) -> Vec<(String, u64, SystemTime)> {
-        out.iter()
-            .map(|r| (r.key.path.clone(), r.count, r.at))
-            .collect()
-    }
-
-    #[test]
-    fn repeats_are_held_together_and_settle_with_exact_first_and_last_seen() {
-        let mut held = Instrumentation::default();
-        let mut out = Vec::new();
-        for ms in [0, 10, 20, 990] {
-            held.defer(request(7, "/a", ms), true, &mut out);
-        }
-        assert_eq!(
-            held.provisional.len(),
-            1,
-            "four repeats within 1 s are one entry"
-        );
-        // Due 5 s after the last one, not the first.
-        held.settle_due(t(5_000), &mut out);
-        assert!(out.is_empty());
-        held.settle_due(t(5_990), &mut out);
-        assert_eq!(
-            counts(&out),
-            vec![("/a".into(), 1, t(0)), ("/a".into(), 3, t(990))]
-        );
-    }
-
-    #[test]
-    fn other_requests_and_late_repeats_are_held_apart() {
-        let mut held = Instrumentation::default();
-        let mut out = Vec::new();
-        held.defer(request(7, "/a", 0), true, &mut out);
-        held.defer(request(7, "/b", 1), true, &mut out);
-        held.defer(request(8, "/b", 2), true, &mut out);
-        held.defer(request(8, "/b", 1_500), true, &mut out);
-        held.defer(request(8, "/b", 1_501), false, &mut out);
-        assert_eq!(held.provisional.len(), 5);
-        held.settle_all(&mut out);
-        let total: u64 = out.iter().map(|r| r.count).sum();
-        assert_eq!(total, 4, "the one with an unknown identity is not judged");
-        assert_eq!(held.process_unknown, 1);
-    }
-
-    #[test]
-    fn settling_stops_at_the_first_request_not_due() {
-        let mut held = Instrumentation::default();
-        let mut out = Vec::new();
-        held.defer(request(1, "/a", 0), true, &mut out);
-        held.defer(request(2, "/a", 2_000), true, &mut out);
-        held.settle_due(t(5_000), &mut out);
-        assert_eq!(counts(&out), vec![("/a".into(), 1, t(0))]);
-        assert_eq!(held.provisional.len(), 1);
-    }
-
-    #[test]
-    fn an_exporter_gets_missing_traceparent_for_every_held_repeat() {
-        let mut held = Instrumentation::default();
-        let mut out = Vec::new();
-        held.defer(request(3, "/a", 0), true, &mut out);
-        held.defer(request(3, "/a", 5), true, &mut out);
-        held.saw_exporter(3, true);
-        held.settle_exited(|_| false, &mut out);
-        assert!(out
-            .iter()
-            .all(|r| r.key.kind == FindingKind::MissingTraceparent));
-        assert_eq!(out.iter().map(|r| r.count).sum::<u64>(), 2);
-    }
-
-    #[test]
-    fn a_full_queue_settles_only_its_oldest_request() {
-        let mut held = Instrumentation::default();
-        let mut out = Vec::new();
-        let paths: Vec<String> = (0..=MAX_PROVISIONAL).map(|i| format!("/{i}")).collect();
-        for (i, path) in paths.iter().enumerate() {
-            held.defer(request(1, path, i as u64), true, &mut out);
-        }
-        assert_eq!(counts(&out), vec![("/0".into(), 1, t(0))]);
-        assert_eq!(held.provisional.len(), MAX_PROVISIONAL);
-    }
 }

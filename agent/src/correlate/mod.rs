@@ -426,6 +426,11 @@ impl Correlator {
         self.instrumentation.process_unknown
     }
 
+    /// Requests without context settled before their time: too many were held.
+    pub fn verdicts_settled_early(&self) -> u64 {
+        self.instrumentation.settled_early
+    }
+
     pub fn trace_counters(&self) -> &TraceCounters {
         &self.traces.counters
     }

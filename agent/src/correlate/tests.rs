@@ -8,6 +8,7 @@ use super::*;
 use crate::{
     attribute::inventory::{Component, Role, Runtime},
     buildinfo::Replacement,
+    findings::FindingStore,
     parse::http1::parse_request,
 };
 
@@ -259,4 +260,143 @@ fn skewed_modules_are_one_finding_per_process_inbound_or_outbound() {
     out.clear();
     c.inbound(PID + 1, t(100), &traced, &with_sdk(), &mut out);
     assert!(out.is_empty());
+}
+
+fn at_ms(ms: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+/// At saturation one client sends ~100k requests/s without context: they are held as one group
+/// per identity and second, each request still waiting its full 5 s, and the findings count
+/// every request with its first and last time.
+#[test]
+fn requests_held_for_the_instrumentation_verdict_are_grouped() {
+    let mut c = Correlator::new(GRACE);
+    let mut out = Vec::new();
+    // 3,000 requests of one identity over 1.5 s, and one of another path in between.
+    for i in 0..3000u64 {
+        let ms = 100_000 + i / 2;
+        c.outbound(
+            PID,
+            at_ms(ms),
+            &get("/a"),
+            false,
+            &mut without_sdk(false),
+            &mut out,
+        );
+        if i == 10 {
+            c.outbound(
+                PID,
+                at_ms(ms),
+                &get("/b"),
+                false,
+                &mut without_sdk(false),
+                &mut out,
+            );
+        }
+    }
+    assert!(out.is_empty());
+    assert_eq!(
+        c.instrumentation.provisional.len(),
+        3,
+        "two groups of /a, one of /b"
+    );
+    // 5 s after each group's last request, not before.
+    c.judge_due(at_ms(105_004), &mut out);
+    assert!(out.is_empty(), "{out:?}");
+    c.judge_due(at_ms(106_000), &mut out);
+    let total: u64 = out.iter().map(|r| r.count).sum();
+    assert_eq!(total, 2001, "/a's first second (2000 requests) and /b");
+    let mut store = FindingStore::default();
+    for r in out.drain(..) {
+        let subject = r.subject.clone().unwrap_or_default();
+        store.record_many(r.key, &subject, r.evidence, r.at, r.count);
+    }
+    c.judge_due(at_ms(107_000), &mut out);
+    assert_eq!(out.iter().map(|r| r.count).sum::<u64>(), 1000);
+    for r in out.drain(..) {
+        let subject = r.subject.clone().unwrap_or_default();
+        store.record_many(r.key, &subject, r.evidence, r.at, r.count);
+    }
+    let a = store
+        .all()
+        .find(|f| f.key.path == "/a")
+        .expect("a finding for /a");
+    assert_eq!(a.count, 3000);
+    assert_eq!(a.first_seen, at_ms(100_000));
+    assert_eq!(a.last_seen, at_ms(101_499));
+    assert_eq!(a.key.kind, FindingKind::UninstrumentedClient);
+    assert_eq!(c.verdicts_settled_early(), 0);
+}
+
+/// A process that exports within 5 s of a grouped request makes the whole group
+/// `missing_traceparent`.
+#[test]
+fn a_grouped_request_still_waits_for_an_export() {
+    let mut c = Correlator::new(GRACE);
+    let mut out = Vec::new();
+    for ms in [100_000, 100_500, 100_900] {
+        c.outbound(
+            PID,
+            at_ms(ms),
+            &get("/a"),
+            false,
+            &mut without_sdk(false),
+            &mut out,
+        );
+    }
+    c.judge_due(at_ms(105_500), &mut out);
+    assert!(out.is_empty(), "the last request waits until 105.9 s");
+    c.outbound(
+        PID,
+        at_ms(105_600),
+        &post("/v1/traces"),
+        false,
+        &mut without_sdk(false),
+        &mut out,
+    );
+    c.judge_due(at_ms(106_000), &mut out);
+    assert_eq!(
+        kinds(&out),
+        [
+            (FindingKind::MissingTraceparent, 1),
+            (FindingKind::MissingTraceparent, 2)
+        ]
+    );
+}
+
+/// A path segment no template rewrites.
+fn letters(mut i: usize) -> String {
+    let mut s = String::new();
+    loop {
+        s.push(char::from(b'a' + (i % 26) as u8));
+        i /= 26;
+        if i == 0 {
+            return s;
+        }
+    }
+}
+
+/// Past the bound, every held group is settled at once, and the requests are counted.
+#[test]
+fn held_groups_past_the_bound_are_settled_early_and_counted() {
+    let mut c = Correlator::new(GRACE);
+    let mut out = Vec::new();
+    // Distinct identities: one group each.
+    for i in 0..=super::instrumentation::MAX_PROVISIONAL {
+        c.outbound(
+            PID,
+            t(100),
+            &get(&format!("/{}", letters(i))),
+            false,
+            &mut without_sdk(false),
+            &mut out,
+        );
+    }
+    assert_eq!(
+        c.verdicts_settled_early(),
+        super::instrumentation::MAX_PROVISIONAL as u64
+    );
+    assert_eq!(out.len(), super::instrumentation::MAX_PROVISIONAL);
+    assert_eq!(c.instrumentation.provisional.len(), 1);
 }
