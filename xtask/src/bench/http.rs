@@ -15,6 +15,10 @@ use super::{
 const WRK_CONNECTIONS: u32 = 32;
 /// Connections of the fixed-rate generator.
 const LOAD_CONNECTIONS: u32 = 8;
+/// The overload guard the saturation phase is run with a second time (`--max-capture-rate`,
+/// HTTP/1 requests captured per second per CPU before one in 16): twice the fixed-rate load's
+/// captures per CPU, so that it changes nothing at 10k req/s.
+pub const GUARD_RATE: u32 = 20_000;
 
 struct Phase {
     fixed: Value,
@@ -29,6 +33,10 @@ struct OnPhase {
     events: u64,
     captured: u64,
     dropped: u64,
+    /// Saturation again, with the agent started with `--max-capture-rate GUARD_RATE`.
+    guarded: procs::WrkResult,
+    cpu_guarded_s: f64,
+    sampled_out: u64,
 }
 
 fn fixed_load(ctx: &Ctx, nginx: &Nginx) -> Result<Value> {
@@ -65,6 +73,15 @@ fn on_phase(ctx: &Ctx, nginx: &Nginx, round: usize) -> Result<OnPhase> {
     let c2 = agent.cpu_seconds()?;
     let hwm_mib = procs::vm_mib(agent.pid(), "VmHWM")?;
     let report = agent.stop()?;
+    let guard = Agent::start_with(
+        &ctx.agent_bin,
+        &ctx.dir.join(format!("agent-http-guarded-{round}.jsonl")),
+        &["--max-capture-rate", &GUARD_RATE.to_string()],
+    )?;
+    let g0 = guard.cpu_seconds()?;
+    let guarded = procs::wrk(nginx.addr, WRK_CONNECTIONS, ctx.plan.http_secs)?;
+    let g1 = guard.cpu_seconds()?;
+    let guard_report = guard.stop()?;
     Ok(OnPhase {
         phase: Phase { fixed, sat },
         cpu_fixed_s: c1 - c0,
@@ -73,6 +90,9 @@ fn on_phase(ctx: &Ctx, nginx: &Nginx, round: usize) -> Result<OnPhase> {
         events: report.agent("events"),
         captured: report.kernel("captured"),
         dropped: report.kernel("ringbuf_full"),
+        guarded,
+        cpu_guarded_s: g1 - g0,
+        sampled_out: guard_report.kernel("sampled_out"),
     })
 }
 
@@ -93,14 +113,15 @@ pub fn run(ctx: &Ctx, nginx: &Nginx) -> Result<Value> {
             (phase(ctx, nginx)?, on)
         };
         eprintln!(
-            "bench: http round {}: fixed {:.0}/{:.0} req/s p99 {:.0}/{:.0} µs, saturation {:.0}/{:.0} req/s (off/on)",
+            "bench: http round {}: fixed {:.0}/{:.0} req/s p99 {:.0}/{:.0} µs, saturation {:.0}/{:.0}/{:.0} req/s (off/on/on with --max-capture-rate {GUARD_RATE})",
             round + 1,
             f(&off.fixed, "rps"),
             f(&on.phase.fixed, "rps"),
             f(&off.fixed, "p99_us"),
             f(&on.phase.fixed, "p99_us"),
             off.sat.rps,
-            on.phase.sat.rps
+            on.phase.sat.rps,
+            on.guarded.rps
         );
         rounds.push((off, on));
     }
@@ -114,6 +135,8 @@ pub fn run(ctx: &Ctx, nginx: &Nginx) -> Result<Value> {
                        "agent_cpu_fixed_s": on.cpu_fixed_s, "agent_cpu_sat_s": on.cpu_sat_s,
                        "agent_vm_hwm_mib": on.hwm_mib, "agent_events": on.events,
                        "kernel_captured": on.captured, "kernel_ringbuf_full": on.dropped},
+                "guarded": {"sat": {"rps": on.guarded.rps, "p50_us": on.guarded.p50_us, "p99_us": on.guarded.p99_us},
+                            "agent_cpu_sat_s": on.cpu_guarded_s, "kernel_sampled_out": on.sampled_out},
             })
         })
         .collect();
@@ -143,6 +166,11 @@ pub fn run(ctx: &Ctx, nginx: &Nginx) -> Result<Value> {
         "sat_p99_us_off": m(&|off, _| off.sat.p99_us),
         "sat_p50_delta_us": m(&|off, on| on.phase.sat.p50_us - off.sat.p50_us),
         "sat_p99_delta_us": m(&|off, on| on.phase.sat.p99_us - off.sat.p99_us),
+        "guard_rate": GUARD_RATE,
+        "sat_guarded_rps_ratio": m(&|off, on| on.guarded.rps / off.sat.rps),
+        "sat_guarded_p99_delta_us": m(&|off, on| on.guarded.p99_us - off.sat.p99_us),
+        "agent_cpu_m_per_10k_sat_guarded": m(&|_, on| on.cpu_guarded_s / secs * 1000.0 * 10_000.0 / on.guarded.rps),
+        "sat_guarded_sampled_out": rounds.iter().map(|(_, on)| on.sampled_out).sum::<u64>(),
         "agent_cpu_m_per_10k_fixed": cpu_fixed,
         "agent_cpu_m_per_10k_sat": cpu_sat,
         "agent_vm_hwm_mib": rounds.iter().map(|(_, on)| on.hwm_mib).fold(0.0, f64::max),

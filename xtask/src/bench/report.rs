@@ -51,6 +51,38 @@ fn rows(r: &Value) -> Vec<Row> {
         "≤ 5",
         sat_loss.map(|x| x <= 5.0),
     );
+    let guarded_loss = loss(num(&h["sat_guarded_rps_ratio"]));
+    push(
+        format!(
+            "throughput loss at saturation, agent with `--max-capture-rate {}`",
+            h["guard_rate"]
+        ),
+        guarded_loss,
+        "%",
+        "≤ 5",
+        guarded_loss.map(|x| x <= 5.0),
+    );
+    let guarded_p99 = num(&h["sat_guarded_p99_delta_us"]);
+    push(
+        format!(
+            "Δp99 latency at saturation, agent with `--max-capture-rate {}`",
+            h["guard_rate"]
+        ),
+        guarded_p99,
+        "µs",
+        "≤ 100",
+        guarded_p99.map(|x| x <= 100.0),
+    );
+    push(
+        format!(
+            "agent CPU per 10k req/s at saturation, with `--max-capture-rate {}`",
+            h["guard_rate"]
+        ),
+        num(&h["agent_cpu_m_per_10k_sat_guarded"]),
+        "m",
+        "",
+        None,
+    );
     push(
         "saturation throughput, agent off".into(),
         num(&h["sat_rps_off"]),
