@@ -31,6 +31,10 @@ pub fn run(opts: &Options) -> Result<()> {
         );
     }
     setup::run(setup::Scope::Test, setup::Mode::Quiet)?;
+    // The Go shop, its load generator and Jaeger (tests/tests/go_shop.rs), built beside the Rust
+    // builds: on a fresh clone it downloads its modules for minutes, time the Rust compile can
+    // use. A failure is reported with its reason and fails those tests, not the others.
+    let go_build = std::thread::spawn(go::build);
     let built = build::build(&build::Options::default())?;
     let agent = built.binary.clone();
 
@@ -56,12 +60,14 @@ pub fn run(opts: &Options) -> Result<()> {
         }
     }
 
-    // The Go shop, its load generator and Jaeger (tests/tests/go_shop.rs); a failure here is
-    // reported with its reason and fails those tests, not the others.
-    let go_bin = match go::build() {
-        Ok(dir) => Some(dir),
-        Err(e) => {
+    let go_bin = match go_build.join() {
+        Ok(Ok(dir)) => Some(dir),
+        Ok(Err(e)) => {
             failures.push(format!("Go build: {e:#}"));
+            None
+        }
+        Err(_) => {
+            failures.push("Go build: the build thread panicked".to_owned());
             None
         }
     };
