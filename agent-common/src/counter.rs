@@ -27,7 +27,9 @@ pub enum Counter {
     /// HTTP/2 connections joined mid-way (a request HEADERS frame without a preface seen,
     /// e.g. opened before the agent started): their calls are undetermined.
     H2Joined,
-    /// Hooked syscalls whose arguments (the task's saved registers) could not be read.
+    /// TLS library calls whose arguments could not be read at their uprobe. (The syscall
+    /// programs load the saved registers directly since they became BTF tracepoints: they
+    /// no longer fail here.)
     ArgsUnreadable,
     /// HTTP/2 connections that could not be entered in the kernel's connection map: their
     /// later frames are not captured.

@@ -18,6 +18,7 @@ use crate::{
     io::{clamp_to_cap, read_user, tls_flag, Source, Syscall},
     maps::{count, BUDGET, CAPTURE_BUDGET, CAPTURE_CAP, EVENTS, PEERS, SCRATCH},
 };
+
 /// `value` as bytes in memory order, with a mask over its first `N` bytes.
 const fn prefix<const N: usize>(method: &[u8; N]) -> (u64, u64) {
     let mut value = 0u64;

@@ -199,27 +199,18 @@ impl Capture {
             }
         }
         for &(name, tracepoint) in PROGRAMS {
+            let attach_error = |source| CaptureError::Attach {
+                name,
+                tracepoint,
+                source,
+            };
             let program: &mut RawTracePoint = ebpf
                 .program_mut(name)
                 .ok_or(CaptureError::MissingProgram(name))?
                 .try_into()
-                .map_err(|source| CaptureError::Attach {
-                    name,
-                    tracepoint,
-                    source,
-                })?;
-            program.load().map_err(|source| CaptureError::Attach {
-                name,
-                tracepoint,
-                source,
-            })?;
-            program
-                .attach(tracepoint)
-                .map_err(|source| CaptureError::Attach {
-                    name,
-                    tracepoint,
-                    source,
-                })?;
+                .map_err(attach_error)?;
+            program.load().map_err(attach_error)?;
+            program.attach(tracepoint).map_err(attach_error)?;
             attached += 1;
         }
         let tls = if tls {
@@ -267,9 +258,15 @@ impl Capture {
         let events =
             unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
                 .map_err(|e| CaptureError::Poll(e.into()))?;
+        let sampling = if max_capture_rate == 0 {
+            "every request captured".to_owned()
+        } else {
+            format!(
+                "past {max_capture_rate} HTTP/1 requests/s per CPU one in {SAMPLE_ONE_IN} captured"
+            )
+        };
         log::info!(
-            "attached {attached} programs to raw syscall tracepoints (capture cap {cap} bytes, ring buffer {ring_bytes} bytes, {}, agent pid {own_tgid} excluded)",
-            if max_capture_rate == 0 { "every request captured".to_owned() } else { format!("past {max_capture_rate} HTTP/1 requests/s per CPU one in {SAMPLE_ONE_IN} captured") }
+            "attached {attached} programs to raw syscall tracepoints (capture cap {cap} bytes, ring buffer {ring_bytes} bytes, {sampling}, agent pid {own_tgid} excluded)"
         );
         Ok(Self {
             ebpf,

@@ -94,6 +94,16 @@ fn post(path: &str) -> Request {
     parse_request(format!("POST {path} HTTP/1.1\r\nHost: c\r\n\r\n").as_bytes()).expect("parses")
 }
 
+/// An outbound request of `PID`, a process without OTEL_* environment and no SDK linked.
+fn outbound_without_context(
+    c: &mut Correlator,
+    at: SystemTime,
+    req: &Request,
+    out: &mut Vec<Raised>,
+) {
+    c.outbound(PID, at, req, false, &mut without_sdk(false), out);
+}
+
 fn kinds(out: &[Raised]) -> Vec<(FindingKind, u64)> {
     out.iter().map(|r| (r.key.kind, r.count)).collect()
 }
@@ -276,23 +286,9 @@ fn requests_held_for_the_instrumentation_verdict_are_grouped() {
     // 3,000 requests of one identity over 1.5 s, and one of another path in between.
     for i in 0..3000u64 {
         let ms = 100_000 + i / 2;
-        c.outbound(
-            PID,
-            at_ms(ms),
-            &get("/a"),
-            false,
-            &mut without_sdk(false),
-            &mut out,
-        );
+        outbound_without_context(&mut c, at_ms(ms), &get("/a"), &mut out);
         if i == 10 {
-            c.outbound(
-                PID,
-                at_ms(ms),
-                &get("/b"),
-                false,
-                &mut without_sdk(false),
-                &mut out,
-            );
+            outbound_without_context(&mut c, at_ms(ms), &get("/b"), &mut out);
         }
     }
     assert!(out.is_empty());
@@ -336,25 +332,11 @@ fn a_grouped_request_still_waits_for_an_export() {
     let mut c = Correlator::new(GRACE);
     let mut out = Vec::new();
     for ms in [100_000, 100_500, 100_900] {
-        c.outbound(
-            PID,
-            at_ms(ms),
-            &get("/a"),
-            false,
-            &mut without_sdk(false),
-            &mut out,
-        );
+        outbound_without_context(&mut c, at_ms(ms), &get("/a"), &mut out);
     }
     c.judge_due(at_ms(105_500), &mut out);
     assert!(out.is_empty(), "the last request waits until 105.9 s");
-    c.outbound(
-        PID,
-        at_ms(105_600),
-        &post("/v1/traces"),
-        false,
-        &mut without_sdk(false),
-        &mut out,
-    );
+    outbound_without_context(&mut c, at_ms(105_600), &post("/v1/traces"), &mut out);
     c.judge_due(at_ms(106_000), &mut out);
     assert_eq!(
         kinds(&out),
@@ -384,14 +366,7 @@ fn held_groups_past_the_bound_are_settled_early_and_counted() {
     let mut out = Vec::new();
     // Distinct identities: one group each.
     for i in 0..=super::instrumentation::MAX_PROVISIONAL {
-        c.outbound(
-            PID,
-            t(100),
-            &get(&format!("/{}", letters(i))),
-            false,
-            &mut without_sdk(false),
-            &mut out,
-        );
+        outbound_without_context(&mut c, t(100), &get(&format!("/{}", letters(i))), &mut out);
     }
     assert_eq!(
         c.verdicts_settled_early(),
