@@ -6,6 +6,7 @@ use std::{
     time::SystemTime,
 };
 
+use compact_str::CompactString;
 use serde::Serialize;
 
 pub use crate::attribute::Subject;
@@ -133,8 +134,8 @@ pub struct FindingKey {
     pub pid: u32,
     pub direction: Direction,
     pub peer: Option<SocketAddr>,
-    pub method: String,
-    pub path: String,
+    pub method: CompactString,
+    pub path: CompactString,
     /// Seen as plaintext inside a TLS library (the request went out encrypted).
     pub tls: bool,
     pub protocol: Protocol,
@@ -144,8 +145,8 @@ pub struct FindingKey {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
     pub peer: Option<SocketAddr>,
-    pub method: String,
-    pub path: String,
+    pub method: CompactString,
+    pub path: CompactString,
     pub protocol: Protocol,
 }
 
@@ -154,8 +155,8 @@ impl Target {
     pub fn process() -> Self {
         Self {
             peer: None,
-            method: String::new(),
-            path: String::new(),
+            method: CompactString::default(),
+            path: CompactString::default(),
             protocol: Protocol::Http1,
         }
     }

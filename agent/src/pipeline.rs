@@ -10,6 +10,7 @@ use std::{
     collections::HashMap,
     net::SocketAddr,
     path::Path,
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
@@ -199,7 +200,7 @@ impl Pipeline {
         };
         if event.direction == Direction::Inbound {
             self.correlator
-                .inbound(event.pid, at, req, &sender, &mut self.raised);
+                .inbound(event.pid, at, req, &mut sender, &mut self.raised);
             return;
         }
         self.correlator.outbound(
@@ -279,7 +280,9 @@ impl Pipeline {
             // A process often names its service in its first span export, after the request
             // a verdict was held for.
             if subject.service_name.is_none() {
-                subject.service_name = self.attributor.service_name(r.key.pid);
+                if let Some(name) = self.attributor.service_name(r.key.pid) {
+                    Arc::make_mut(&mut subject).service_name = Some(name);
+                }
             }
             let key = r.key.clone();
             self.findings
@@ -378,7 +381,7 @@ impl Pipeline {
 struct Sending<'a> {
     attributor: &'a mut Attributor,
     event: &'a CapturedEvent,
-    info: ProcessInfo,
+    info: Arc<ProcessInfo>,
 }
 
 impl Sender for Sending<'_> {
@@ -394,7 +397,7 @@ impl Sender for Sending<'_> {
         self.attributor.peer(self.event, &self.info)
     }
 
-    fn subject(&self) -> Subject {
+    fn subject(&mut self) -> Arc<Subject> {
         self.attributor.subject(&self.info)
     }
 }

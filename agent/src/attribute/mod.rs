@@ -12,11 +12,7 @@ pub mod k8s;
 pub mod peer;
 pub mod process;
 
-use std::{
-    collections::{HashMap, HashSet},
-    net::SocketAddr,
-    sync::Arc,
-};
+use std::{collections::HashSet, net::SocketAddr, sync::Arc};
 
 use self::{
     inventory::{Inventories, Inventory, InventoryCounters},
@@ -24,7 +20,10 @@ use self::{
     peer::PeerCache,
     process::{ExecFacts, ProcessCache, ProcessInfo},
 };
-use crate::capture::{CapturedEvent, ProcessChange, ProcessEvent};
+use crate::{
+    capture::{CapturedEvent, ProcessChange, ProcessEvent},
+    model::{PidMap, MAX_PROCESSES},
+};
 
 /// The process a finding is about, as known when it was raised.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -68,13 +67,25 @@ pub struct Attributor {
     inventories: Inventories,
     peers: PeerCache,
     /// `service.name` from each exporting process's resource.
-    exported_service: HashMap<u32, String>,
+    exported_service: PidMap<u32, String>,
     /// Pods of this node, when running in a Kubernetes cluster.
     pods: Option<PodIndex>,
     /// A process and its descendants, followed through fork records (`tracegap check`).
     tree: Option<HashSet<u32>>,
     /// Names of processes that made requests.
-    labels: HashMap<u32, Label>,
+    labels: PidMap<u32, Label>,
+    /// The subject last built for each process, shared by its findings until one of its
+    /// sources changes (see [`CachedSubject`]).
+    subjects: PidMap<u32, CachedSubject>,
+}
+
+/// A [`Subject`] and what it was built from: it is built again when the process entry, the
+/// inventory or the pod index changed (the exported service name drops it outright).
+struct CachedSubject {
+    info: Arc<ProcessInfo>,
+    inventory: Option<Arc<Inventory>>,
+    pods_generation: u64,
+    subject: Arc<Subject>,
 }
 
 impl Attributor {
@@ -83,10 +94,11 @@ impl Attributor {
             processes: ProcessCache::default(),
             inventories: Inventories::default(),
             peers: PeerCache::default(),
-            exported_service: HashMap::new(),
+            exported_service: PidMap::default(),
             pods,
             tree: None,
-            labels: HashMap::new(),
+            labels: PidMap::default(),
+            subjects: PidMap::default(),
         }
     }
 
@@ -140,8 +152,8 @@ impl Attributor {
     }
 
     /// The process that made the syscall of `event`.
-    pub fn process(&mut self, event: &CapturedEvent) -> ProcessInfo {
-        let info = self.processes.get(event.pid, &event.comm).clone();
+    pub fn process(&mut self, event: &CapturedEvent) -> Arc<ProcessInfo> {
+        let info = Arc::clone(self.processes.get(event.pid, &event.comm));
         let inventory = self.inventories.of(&info);
         let service_name = info
             .service_name
@@ -179,8 +191,8 @@ impl Attributor {
     }
 
     /// A process known by pid alone (a span export, a verdict due later).
-    pub fn process_by_pid(&mut self, pid: u32) -> ProcessInfo {
-        self.processes.get(pid, "").clone()
+    pub fn process_by_pid(&mut self, pid: u32) -> Arc<ProcessInfo> {
+        Arc::clone(self.processes.get(pid, ""))
     }
 
     /// The cached entry of `pid`, without touching /proc.
@@ -200,6 +212,9 @@ impl Attributor {
 
     /// `pid` exported spans with this `service.name` in its resource.
     pub fn learn_exported_service(&mut self, pid: u32, name: String) {
+        if self.exported_service.get(&pid) != Some(&name) {
+            self.subjects.remove(&pid);
+        }
         if let Some(label) = self.labels.get_mut(&pid) {
             if label.service_name.is_none() {
                 label.service_name = Some(name.clone());
@@ -216,8 +231,24 @@ impl Attributor {
             .or_else(|| self.exported_service.get(&pid).cloned())
     }
 
-    pub fn subject(&self, info: &ProcessInfo) -> Subject {
-        Subject {
+    /// The process, for a finding: built once per process and shared, until what it is built
+    /// from changes.
+    pub fn subject(&mut self, info: &Arc<ProcessInfo>) -> Arc<Subject> {
+        let inventory = self.inventories.get(info.pid);
+        let pods_generation = self.pods.as_ref().map_or(0, PodIndex::generation);
+        let same_inventory = |cached: &Option<Arc<Inventory>>| match (cached, &inventory) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (a, b) => a.is_none() && b.is_none(),
+        };
+        if let Some(c) = self.subjects.get(&info.pid) {
+            if Arc::ptr_eq(&c.info, info)
+                && same_inventory(&c.inventory)
+                && c.pods_generation == pods_generation
+            {
+                return Arc::clone(&c.subject);
+            }
+        }
+        let subject = Arc::new(Subject {
             comm: info.comm.clone(),
             exe: info.exe.clone(),
             service_name: info
@@ -232,8 +263,22 @@ impl Attributor {
                 .and_then(|(pods, c)| pods.lookup(c))
                 .map(|pod| k8s::otel_attributes(&pod))
                 .unwrap_or_default(),
-            inventory: self.inventories.get(info.pid),
+            inventory: inventory.clone(),
+        });
+        // Bounded like the process cache; entries of forgotten processes go at the sweep.
+        if self.subjects.len() >= MAX_PROCESSES && !self.subjects.contains_key(&info.pid) {
+            self.subjects.clear();
         }
+        self.subjects.insert(
+            info.pid,
+            CachedSubject {
+                info: Arc::clone(info),
+                inventory,
+                pods_generation,
+                subject: Arc::clone(&subject),
+            },
+        );
+        subject
     }
 
     /// Forgets processes that exited, but those of the tree followed; labels go with the
@@ -249,6 +294,9 @@ impl Attributor {
             .retain(|pid, _| alive(*pid) || in_tree(*pid));
         self.labels
             .retain(|pid, _| has_counts(*pid) || in_tree(*pid));
+        let processes = &self.processes;
+        self.subjects
+            .retain(|pid, _| processes.cached(*pid).is_some());
     }
 
     pub fn counters(&self) -> AttributeCounters {

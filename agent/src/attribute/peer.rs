@@ -1,12 +1,13 @@
 //! fd → peer address of sockets the kernel did not see connect, read from /proc and cached.
 
 use std::{
-    collections::HashMap,
     net::SocketAddr,
     time::{Duration, Instant},
 };
 
 use procfs::process::{FDTarget, Process};
+
+use crate::model::PidMap;
 
 /// Sockets whose peer was looked up in /proc; past it the table is cleared.
 const MAX_PEERS: usize = 65_536;
@@ -17,7 +18,7 @@ const PEER_TTL: Duration = Duration::from_secs(5);
 /// accepted): reading /proc for them on every request would cost more than the request.
 #[derive(Default)]
 pub struct PeerCache {
-    entries: HashMap<(u32, i32), (Option<SocketAddr>, Instant)>,
+    entries: PidMap<(u32, i32), (Option<SocketAddr>, Instant)>,
     pub lookups: u64,
 }
 

@@ -7,8 +7,9 @@
 //! process that changes its environment later (setenv, putenv) does not change it.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     path::Path,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -18,7 +19,7 @@ use super::{
     cgroup::{self, CgroupPaths, ContainerInfo},
     inventory::native::java_agent,
 };
-use crate::model::{otel_env, MAX_PROCESSES};
+use crate::model::{otel_env, PidMap, MAX_PROCESSES};
 
 /// A /proc entry is read again after this long (a pid may have been reused without a record).
 const REFRESH_AFTER: Duration = Duration::from_secs(60);
@@ -111,7 +112,8 @@ enum Source {
 }
 
 struct Entry {
-    info: ProcessInfo,
+    /// Shared with every event of the process: a lookup costs a reference count, not a copy.
+    info: Arc<ProcessInfo>,
     loaded: Instant,
     source: Source,
     exited_at: Option<Instant>,
@@ -119,7 +121,7 @@ struct Entry {
 
 #[derive(Default)]
 pub struct ProcessCache {
-    entries: HashMap<u32, Entry>,
+    entries: PidMap<u32, Entry>,
     /// Insertion order, for eviction past `MAX_PROCESSES` (stale pids are skipped).
     order: VecDeque<(u32, Instant)>,
     cgroups: CgroupPaths,
@@ -173,7 +175,7 @@ impl ProcessCache {
     pub fn fork(&mut self, parent: u32, child: u32, comm: &str) {
         let source = match self.entries.get(&parent) {
             Some(e) if !matches!(e.source, Source::Forked { .. }) => {
-                let mut info = e.info.clone();
+                let mut info = ProcessInfo::clone(&e.info);
                 info.pid = child;
                 info.comm = comm.to_owned();
                 self.from_records += 1;
@@ -200,7 +202,7 @@ impl ProcessCache {
     /// The process behind `pid`. `thread_comm` is the kernel's name of the thread that made the
     /// syscall, used when nothing else is known; an empty one (callers without a kernel event)
     /// accepts any cached entry.
-    pub fn get(&mut self, pid: u32, thread_comm: &str) -> &ProcessInfo {
+    pub fn get(&mut self, pid: u32, thread_comm: &str) -> &Arc<ProcessInfo> {
         let action = match self.entries.get(&pid) {
             Some(Entry {
                 source: Source::Kernel,
@@ -235,7 +237,7 @@ impl ProcessCache {
 
     /// The cached entry, without touching /proc.
     pub fn cached(&self, pid: u32) -> Option<&ProcessInfo> {
-        self.entries.get(&pid).map(|e| &e.info)
+        self.entries.get(&pid).map(|e| &*e.info)
     }
 
     /// Forgets processes that exited a while ago, and /proc entries of processes that are gone,
@@ -272,7 +274,7 @@ impl ProcessCache {
             return self.load(child, &comm);
         }
         let comm = self.entries[&child].info.comm.clone();
-        let mut info = self.get(parent, "").clone();
+        let mut info = ProcessInfo::clone(self.get(parent, ""));
         info.pid = child;
         info.comm = comm;
         self.insert(child, info, Source::Kernel);
@@ -312,7 +314,7 @@ impl ProcessCache {
         self.entries.insert(
             pid,
             Entry {
-                info,
+                info: Arc::new(info),
                 loaded,
                 source,
                 exited_at: None,

@@ -9,6 +9,7 @@ use agent_common::{
     EXEC_ENV_MAX, EXEC_FILENAME_MAX, PROCESS_RECORD_LEN,
 };
 use bytes::Bytes;
+use compact_str::CompactString;
 
 use crate::model::Direction;
 
@@ -19,7 +20,7 @@ pub struct CapturedEvent {
     pub pid: u32,
     pub tid: u32,
     pub fd: i32,
-    pub comm: String,
+    pub comm: CompactString,
     pub direction: Direction,
     pub syscall: u8,
     pub flags: u8,
@@ -91,7 +92,7 @@ pub struct ProcessEvent {
     pub monotonic_ns: u64,
     pub pid: u32,
     /// The process's name after the change.
-    pub comm: String,
+    pub comm: CompactString,
     pub change: ProcessChange,
 }
 
@@ -160,12 +161,17 @@ fn header(record: &[u8]) -> Result<EventHeader, DecodeError> {
     Ok(h)
 }
 
-fn comm(h: &EventHeader) -> String {
+/// Kept inline (a comm is at most 15 bytes): no allocation per event.
+fn comm(h: &EventHeader) -> CompactString {
     let len = h.comm.iter().position(|&b| b == 0).unwrap_or(h.comm.len());
-    String::from_utf8_lossy(&h.comm[..len]).into_owned()
+    CompactString::from_utf8_lossy(&h.comm[..len])
 }
 
-fn request(h: &EventHeader, comm: String, payload: &[u8]) -> Result<CapturedEvent, DecodeError> {
+fn request(
+    h: &EventHeader,
+    comm: CompactString,
+    payload: &[u8],
+) -> Result<CapturedEvent, DecodeError> {
     let direction =
         Direction::from_kernel(h.direction).ok_or(DecodeError::Direction(h.direction))?;
     Ok(CapturedEvent {

@@ -9,12 +9,12 @@
 //! window): what [`needs_wiring_verdict`] decides.
 
 use std::{
-    collections::{HashSet, VecDeque},
+    collections::VecDeque,
     time::{Duration, SystemTime},
 };
 
 use super::Raised;
-use crate::{attribute::inventory::Inventory, findings::FindingKind};
+use crate::{attribute::inventory::Inventory, findings::FindingKind, model::PidSet};
 
 /// How long a process has to show it is instrumented (export spans) after a request without
 /// context, before the request is called `uninstrumented_client`.
@@ -48,10 +48,10 @@ pub(super) struct Provisional {
 #[derive(Default)]
 pub struct Instrumentation {
     /// Processes seen sending OTLP exports: instrumented even without OTEL_* env.
-    exporters: HashSet<u32>,
+    exporters: PidSet,
     /// Processes seen exporting spans (not only metrics or logs), or on an OTLP/gRPC
     /// connection whose calls were not decoded (counted as spans: not knowing is no finding).
-    span_exporters: HashSet<u32>,
+    span_exporters: PidSet,
     /// Requests without context awaiting the instrumentation verdict of their process.
     pub(super) provisional: VecDeque<Provisional>,
     /// Requests without context from processes whose environment could not be read (exited

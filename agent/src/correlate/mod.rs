@@ -11,7 +11,7 @@ mod wire;
 pub mod wiring;
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::BTreeMap,
     net::SocketAddr,
     sync::Arc,
     time::{Duration, SystemTime},
@@ -26,7 +26,7 @@ use self::{
 use crate::{
     attribute::{inventory::Inventory, Subject},
     findings::{FindingKey, FindingKind, Target, TracePlace, SUMMARY},
-    model::{otlp, Direction, Protocol, MAX_PROCESSES},
+    model::{otlp, Direction, PidMap, PidSet, Protocol, MAX_PROCESSES},
     otlp::{ExportBatch, Transport},
     parse::Request,
 };
@@ -36,7 +36,7 @@ use crate::{
 pub struct Raised {
     pub key: FindingKey,
     /// The process as known when the request was made; `None`: as known now.
-    pub subject: Option<Subject>,
+    pub subject: Option<Arc<Subject>>,
     pub evidence: BTreeMap<String, String>,
     pub at: SystemTime,
     /// Occurrences at `at` (more than one when held requests are settled together).
@@ -50,7 +50,7 @@ impl Raised {
     /// One occurrence.
     pub fn once(
         key: FindingKey,
-        subject: Option<Subject>,
+        subject: Option<Arc<Subject>>,
         evidence: BTreeMap<String, String>,
         at: SystemTime,
         place: Option<TracePlace>,
@@ -75,11 +75,11 @@ pub trait Sender {
     fn identity_known(&self) -> bool;
     /// The peer of the socket the request went out on.
     fn peer(&mut self) -> Option<SocketAddr>;
-    /// The process, for a finding.
-    fn subject(&self) -> Subject;
+    /// The process, for a finding (shared: the same process raises many).
+    fn subject(&mut self) -> Arc<Subject>;
     /// Its runtime and OpenTelemetry components, if they could be read.
-    fn inventory(&self) -> Option<Arc<Inventory>> {
-        self.subject().inventory
+    fn inventory(&mut self) -> Option<Arc<Inventory>> {
+        self.subject().inventory.clone()
     }
 }
 
@@ -106,12 +106,12 @@ pub struct CorrelateCounters {
 }
 
 pub struct Correlator {
-    stats: HashMap<u32, ProcessStats>,
+    stats: PidMap<u32, ProcessStats>,
     traces: TraceState,
     instrumentation: Instrumentation,
     wiring: Wiring,
     /// Processes whose modules were checked for version skew (once each).
-    skew_checked: HashSet<u32>,
+    skew_checked: PidSet,
     span_grace: Duration,
     counters: CorrelateCounters,
     /// The agent's own pid: its exports are never judged.
@@ -121,11 +121,11 @@ pub struct Correlator {
 impl Correlator {
     pub fn new(span_grace: Duration) -> Self {
         Self {
-            stats: HashMap::new(),
+            stats: PidMap::default(),
             traces: TraceState::default(),
             instrumentation: Instrumentation::default(),
             wiring: Wiring::default(),
-            skew_checked: HashSet::new(),
+            skew_checked: PidSet::default(),
             span_grace,
             counters: CorrelateCounters::default(),
             own_pid: std::process::id(),
@@ -153,7 +153,7 @@ impl Correlator {
         pid: u32,
         at: SystemTime,
         req: &Request,
-        receiver: &impl Sender,
+        receiver: &mut impl Sender,
         out: &mut Vec<Raised>,
     ) {
         self.check_skew(pid, Direction::Inbound, at, receiver, out);
@@ -251,7 +251,7 @@ impl Correlator {
     fn judge_wiring(
         &mut self,
         mut key: FindingKey,
-        subject: Subject,
+        subject: Arc<Subject>,
         mut evidence: BTreeMap<String, String>,
         at: SystemTime,
         place: Option<TracePlace>,
@@ -274,7 +274,7 @@ impl Correlator {
         pid: u32,
         direction: Direction,
         at: SystemTime,
-        process: &impl Sender,
+        process: &mut impl Sender,
         out: &mut Vec<Raised>,
     ) {
         if self.skew_checked.contains(&pid) || self.skew_checked.len() >= MAX_PROCESSES {
@@ -413,7 +413,7 @@ impl Correlator {
     }
 
     /// Request counts per process.
-    pub fn stats(&self) -> &HashMap<u32, ProcessStats> {
+    pub fn stats(&self) -> &PidMap<u32, ProcessStats> {
         &self.stats
     }
 

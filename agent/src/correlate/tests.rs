@@ -34,12 +34,12 @@ impl Sender for Process {
         Some("127.0.0.1:8080".parse().expect("addr"))
     }
 
-    fn subject(&self) -> Subject {
-        Subject {
+    fn subject(&mut self) -> Arc<Subject> {
+        Arc::new(Subject {
             comm: "sdkclient".into(),
             inventory: self.inventory.clone(),
             ..Subject::default()
-        }
+        })
     }
 }
 
@@ -254,8 +254,8 @@ fn skewed_modules_are_one_finding_per_process_inbound_or_outbound() {
     let traced = parse_request(format!("GET /in HTTP/1.1\r\n{tp}\r\n").as_bytes()).expect("parses");
     let mut c = Correlator::new(GRACE);
     let mut out = Vec::new();
-    c.inbound(PID, t(100), &traced, &p, &mut out);
-    c.inbound(PID, t(101), &traced, &p, &mut out);
+    c.inbound(PID, t(100), &traced, &mut p, &mut out);
+    c.inbound(PID, t(101), &traced, &mut p, &mut out);
     c.outbound(PID, t(102), &traced, false, &mut p, &mut out);
     assert_eq!(kinds(&out), [(FindingKind::OtelVersionSkew, 1)]);
     let f = &out[0];
@@ -268,7 +268,7 @@ fn skewed_modules_are_one_finding_per_process_inbound_or_outbound() {
     );
     // Nothing for an unskewed process.
     out.clear();
-    c.inbound(PID + 1, t(100), &traced, &with_sdk(), &mut out);
+    c.inbound(PID + 1, t(100), &traced, &mut with_sdk(), &mut out);
     assert!(out.is_empty());
 }
 

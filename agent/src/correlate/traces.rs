@@ -11,7 +11,7 @@ use std::{
 
 use crate::{
     findings::{FindingKind, Target, TracePlace},
-    model::MAX_PROCESSES,
+    model::{PidMap, MAX_PROCESSES},
     parse::trace_context::{to_hex, TraceParent},
 };
 
@@ -110,7 +110,7 @@ struct ProcessTraces {
 
 #[derive(Default)]
 pub struct TraceState {
-    procs: HashMap<u32, ProcessTraces>,
+    procs: PidMap<u32, ProcessTraces>,
     pub counters: TraceCounters,
     /// Findings carry their [`TracePlace`] (`--trace-annotations`).
     annotate: bool,

@@ -10,7 +10,8 @@
 //! more); at the agent's exit, what has not had its window is counted, never a finding.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
@@ -18,6 +19,7 @@ use super::Raised;
 use crate::{
     attribute::Subject,
     findings::{FindingKey, FindingKind, TracePlace},
+    model::{PidMap, PidSet},
 };
 
 /// Processes with requests held at once; past it new ones are not held (counted).
@@ -46,17 +48,17 @@ struct Occurrences {
 
 struct Held {
     due: SystemTime,
-    subject: Subject,
+    subject: Arc<Subject>,
     /// By finding identity (its kind is decided at settlement).
     routes: HashMap<FindingKey, Occurrences>,
 }
 
 #[derive(Default)]
 pub struct Wiring {
-    held: HashMap<u32, Held>,
+    held: PidMap<u32, Held>,
     /// Processes whose window ended without a span export: their next requests without
     /// context are `sdk_not_wired` at once (until they export).
-    silent: HashSet<u32>,
+    silent: PidSet,
     pub counters: WiringCounters,
 }
 
@@ -70,7 +72,7 @@ impl Wiring {
     pub fn hold(
         &mut self,
         key: FindingKey,
-        subject: Subject,
+        subject: Arc<Subject>,
         evidence: BTreeMap<String, String>,
         at: SystemTime,
         place: Option<TracePlace>,
@@ -193,7 +195,7 @@ pub fn sdk_evidence(subject: &Subject, evidence: &mut BTreeMap<String, String>) 
 }
 
 /// The occurrences of one route as findings: the first at its time, the rest at the last's.
-fn raise(key: FindingKey, subject: &Subject, o: Occurrences, out: &mut Vec<Raised>) {
+fn raise(key: FindingKey, subject: &Arc<Subject>, o: Occurrences, out: &mut Vec<Raised>) {
     out.push(Raised::once(
         key.clone(),
         Some(subject.clone()),
@@ -215,6 +217,8 @@ fn raise(key: FindingKey, subject: &Subject, o: Occurrences, out: &mut Vec<Raise
 
 #[cfg(test)]
 mod tests {
+    use compact_str::CompactString;
+
     use super::*;
     use crate::{
         findings::Target,
@@ -246,7 +250,7 @@ mod tests {
     fn hold(w: &mut Wiring, pid: u32, path: &str, at: u64) {
         w.hold(
             key(pid, path),
-            Subject::default(),
+            Arc::default(),
             BTreeMap::new(),
             t(at),
             None,
@@ -265,7 +269,7 @@ mod tests {
         w.settle_due(t(129), |_| false, &mut out);
         assert!(out.is_empty(), "the window opened at 100 ends at 130");
         w.settle_due(t(130), |_| false, &mut out);
-        let mut counts: Vec<(String, FindingKind, u64, SystemTime)> = out
+        let mut counts: Vec<(CompactString, FindingKind, u64, SystemTime)> = out
             .iter()
             .map(|r| (r.key.path.clone(), r.key.kind, r.count, r.at))
             .collect();

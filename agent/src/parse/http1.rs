@@ -4,6 +4,8 @@
 //! partial header block is normal (capture cap, or a header block split over several syscalls).
 //! Only trace-context header values are kept: every other value is dropped here, at parse time.
 
+use std::mem::MaybeUninit;
+
 use super::{
     strip_path,
     trace_context::{trace_header_name, TraceHeaders},
@@ -24,9 +26,14 @@ pub enum HttpError {
 
 /// Parses a captured request prefix.
 pub fn parse_request(bytes: &[u8]) -> Result<Request, HttpError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let complete = match req.parse(bytes).map_err(HttpError::Invalid)? {
+    // Uninitialised header slots: zeroing 128 of them (4 KiB) cost more than parsing a short
+    // request. httparse writes a slot before it exposes it.
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let complete = match req
+        .parse_with_uninit_headers(bytes, &mut headers)
+        .map_err(HttpError::Invalid)?
+    {
         httparse::Status::Complete(_) => true,
         httparse::Status::Partial => false,
     };
@@ -41,9 +48,12 @@ pub fn parse_request(bytes: &[u8]) -> Result<Request, HttpError> {
     let mut closed = Vec::with_capacity(last_line_end + 4);
     closed.extend_from_slice(&bytes[..last_line_end + 2]);
     closed.extend_from_slice(b"\r\n");
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(&closed).map_err(HttpError::Invalid)? {
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    match req
+        .parse_with_uninit_headers(&closed, &mut headers)
+        .map_err(HttpError::Invalid)?
+    {
         httparse::Status::Complete(_) => Ok(build(&req, false)),
         httparse::Status::Partial => Err(HttpError::NoRequestLine),
     }
@@ -62,7 +72,7 @@ fn build(req: &httparse::Request<'_, '_>, complete: bool) -> Request {
             .collect(),
     };
     Request {
-        method: req.method.unwrap_or_default().to_owned(),
+        method: req.method.unwrap_or_default().into(),
         path: strip_path(req.path.unwrap_or_default()),
         trace,
         complete,

@@ -9,6 +9,8 @@ pub mod h2;
 pub mod http1;
 pub mod trace_context;
 
+use compact_str::CompactString;
+
 use self::{
     export::{ExportConnection, ExportCounters, ExportStreams, WireExport},
     h2::{Chunk, ConnKey, H2Connections, H2Event},
@@ -23,9 +25,11 @@ use crate::{
 /// One request: an HTTP/1 request head, or the header block opening an HTTP/2 stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request {
-    pub method: String,
+    /// Method and path are kept inline up to 24 bytes: most requests allocate neither, here
+    /// or in the findings and trace state that copy them.
+    pub method: CompactString,
     /// Path without query string or fragment.
-    pub path: String,
+    pub path: CompactString,
     pub trace: TraceHeaders,
     /// The header block ended inside the captured bytes: absent headers are really absent.
     pub complete: bool,
@@ -49,15 +53,18 @@ impl Request {
 /// Drops query string and fragment (they may hold tokens), and the scheme and authority of an
 /// absolute-form request target (`GET http://host/path` to a proxy). An origin-form target
 /// (`/path?...`) keeps its path whatever its query holds, even `://`.
-pub fn strip_path(target: &str) -> String {
-    let target = match target.find("://") {
-        Some(i) if !target.starts_with('/') => target[i + 3..]
-            .find('/')
-            .map_or("/", |j| &target[i + 3 + j..]),
-        _ => target,
+pub fn strip_path(target: &str) -> CompactString {
+    let target = match target.starts_with('/') {
+        true => target,
+        false => match target.find("://") {
+            Some(i) => target[i + 3..]
+                .find('/')
+                .map_or("/", |j| &target[i + 3 + j..]),
+            None => target,
+        },
     };
     let end = target.find(['?', '#']).unwrap_or(target.len());
-    target[..end].to_owned()
+    CompactString::from(&target[..end])
 }
 
 /// What one captured event held.

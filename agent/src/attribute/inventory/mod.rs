@@ -24,7 +24,7 @@ use std::{
 use super::process::{ProcessInfo, SdkSettings};
 use crate::{
     buildinfo::{self, BuildInfoError, FileReader, Replacement},
-    model::MAX_PROCESSES,
+    model::{PidMap, MAX_PROCESSES},
 };
 
 /// Executables remembered; past it the cache starts over (counted).
@@ -233,7 +233,7 @@ struct PidEntry {
 #[derive(Default)]
 pub struct Inventories {
     files: HashMap<FileId, FileFacts>,
-    pids: HashMap<u32, PidEntry>,
+    pids: PidMap<u32, PidEntry>,
     pub counters: InventoryCounters,
 }
 

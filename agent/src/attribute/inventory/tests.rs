@@ -69,7 +69,7 @@ impl Drop for Running {
 }
 
 fn info_of(pid: u32) -> ProcessInfo {
-    ProcessCache::default().get(pid, "").clone()
+    ProcessInfo::clone(ProcessCache::default().get(pid, ""))
 }
 
 fn component(name: &str, version: &str, role: Role) -> Component {

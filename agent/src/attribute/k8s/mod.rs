@@ -17,7 +17,10 @@ mod watch;
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
-    sync::{Arc, Once, PoisonError, RwLock},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Once, PoisonError, RwLock,
+    },
     time::Duration,
 };
 
@@ -230,6 +233,8 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[derive(Debug, Clone, Default)]
 pub struct PodIndex {
     inner: Arc<RwLock<IndexState>>,
+    /// Bumped at every change, so that what was built from a lookup knows when to look again.
+    generation: Arc<AtomicU64>,
 }
 
 #[derive(Debug, Default)]
@@ -302,6 +307,11 @@ impl PodIndex {
             .cloned()
     }
 
+    /// Changes whenever the index does.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     /// Number of pods known, for status output.
     pub fn len(&self) -> usize {
         self.read().pods.len()
@@ -319,14 +329,23 @@ impl PodIndex {
             fresh.upsert(pod);
         }
         *self.write() = fresh;
+        self.changed();
     }
 
     fn upsert(&self, pod: &api::Pod) {
         self.write().upsert(pod);
+        self.changed();
     }
 
     fn remove(&self, pod: &api::Pod) {
         self.write().remove(&pod.metadata.uid);
+        self.changed();
+    }
+
+    /// Bumped after the change landed, and read before a lookup: a lookup that raced a change
+    /// is done again next time, never kept.
+    fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     // A panic while holding the lock cannot leave the maps half-updated in a way that matters

@@ -1,6 +1,8 @@
 //! What is copied out of a request header block while it is decoded: `:method`, `:path`
 //! (without query or fragment), `content-type`, and the header values the caller may keep.
 
+use compact_str::CompactString;
+
 use crate::{model::otlp::Signal, parse::strip_path};
 
 /// Kept headers per request; a block cannot hold many more trace headers than this legitimately.
@@ -18,9 +20,9 @@ const NEVER_KEPT: &[&str] = &[
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct H2Request {
     pub stream_id: u32,
-    pub method: String,
+    pub method: CompactString,
     /// `:path` without query string or fragment (they may hold tokens).
-    pub path: String,
+    pub path: CompactString,
     pub content_type: Option<String>,
     /// `grpc-encoding`: how the call's compressed messages are compressed (`gzip`).
     pub grpc_encoding: Option<String>,
@@ -54,8 +56,8 @@ impl H2Request {
 /// What is copied out of a header block while it is decoded.
 #[derive(Default)]
 pub(super) struct Fields {
-    method: Option<String>,
-    path: Option<String>,
+    method: Option<CompactString>,
+    path: Option<CompactString>,
     content_type: Option<String>,
     grpc_encoding: Option<String>,
     headers: Vec<(String, String)>,
@@ -69,7 +71,7 @@ impl Fields {
         let name = String::from_utf8_lossy(name).to_ascii_lowercase();
         let text = || String::from_utf8_lossy(value).into_owned();
         match name.as_str() {
-            ":method" => self.method = Some(text()),
+            ":method" => self.method = Some(CompactString::from_utf8_lossy(value)),
             ":path" => self.path = Some(strip_path(&String::from_utf8_lossy(value))),
             "content-type" => self.content_type = Some(text()),
             "grpc-encoding" => self.grpc_encoding = Some(text()),

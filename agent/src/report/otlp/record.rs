@@ -40,7 +40,7 @@ pub fn severity(s: Severity) -> (OtelSeverity, &'static str) {
 /// body; see [`crate::report::path_template`].
 pub fn with_templated_path(f: &Finding) -> Finding {
     let mut f = f.clone();
-    f.key.path = template_path(&f.key.path);
+    f.key.path = template_path(&f.key.path).into();
     f
 }
 
