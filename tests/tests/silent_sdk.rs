@@ -252,18 +252,22 @@ fn silent_sdk_go_binary_without_opentelemetry_is_uninstrumented_client() {
 }
 
 /// Every version of go.opentelemetry.io/otel/sdk some module of the skew build requires, from
-/// `go mod graph` over the module cache `cargo xtask go-build` filled (offline).
+/// `go mod graph` over the module cache `cargo xtask go-build` filled (offline): Go's own,
+/// or target/go-cache/mod when there was no $HOME (xtask/src/go.rs).
 fn sdk_requirements() -> Vec<(String, String)> {
     let module = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("go");
-    let cache = go_bin("sdkclient-skew")
-        .parent()
-        .and_then(|go| go.parent())
-        .map(|target| target.join("go-cache/mod"))
-        .expect("target/go/ is under target/");
-    let out = Command::new("go")
+    let mut graph = Command::new("go");
+    if std::env::var_os("HOME").is_none() && std::env::var_os("XDG_CACHE_HOME").is_none() {
+        let cache = go_bin("sdkclient-skew")
+            .parent()
+            .and_then(|go| go.parent())
+            .map(|target| target.join("go-cache/mod"))
+            .expect("target/go/ is under target/");
+        graph.env("GOMODCACHE", cache);
+    }
+    let out = graph
         .current_dir(&module)
         .args(["mod", "graph", "-modfile", "go.skew.mod"])
-        .env("GOMODCACHE", &cache)
         .env("GOFLAGS", "-mod=mod")
         .env("GOPROXY", "off")
         .env("GOTOOLCHAIN", "local")
