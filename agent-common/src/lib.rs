@@ -209,6 +209,8 @@ pub struct EventHeader {
 pub const EVENT_HEADER_LEN: usize = size_of::<EventHeader>();
 const _: () = assert!(EVENT_HEADER_LEN == 72);
 const _: () = assert!(EVENT_HEADER_LEN.is_multiple_of(8));
+// The capture path writes `peer_addr` as two u64 (agent-ebpf capture.rs, `set_peer`).
+const _: () = assert!(core::mem::offset_of!(EventHeader, peer_addr).is_multiple_of(8));
 
 /// A full record as built in the per-CPU scratch buffer. The payload area is twice the cap so
 /// that "offset masked to cap-1 plus length masked to cap-1" is provably in bounds.
@@ -293,6 +295,8 @@ pub struct Peer {
     pub _pad0: [u8; 4],
 }
 const _: () = assert!(size_of::<Peer>() == 24);
+// Read as two u64 from the start of a map value (agent-ebpf capture.rs, `set_peer`).
+const _: () = assert!(core::mem::offset_of!(Peer, addr) == 0);
 
 /// Key of per-socket maps: a file descriptor of one process.
 #[repr(C)]

@@ -23,17 +23,14 @@ use agent_common::{
 };
 use aya_ebpf::{
     cty::c_void,
-    helpers::{
-        bpf_get_current_comm,
-        generated::{bpf_ktime_get_ns, bpf_loop, bpf_probe_read_user},
-    },
+    helpers::generated::{bpf_ktime_get_ns, bpf_loop, bpf_probe_read_user},
     macros::map,
     maps::{Array, LruHashMap, PerCpuArray},
     Global,
 };
 
 use crate::{
-    h2,
+    capture, h2,
     io::{clamp_to_cap, read_user, tls_flag, Source, Syscall},
     maps::{count, EVENTS, PEERS, SCRATCH},
 };
@@ -333,12 +330,8 @@ pub fn capture_stream(sys: &Syscall, src: Source, conn: *mut ExportConn) -> Resu
     // SAFETY: the per-CPU scratch record this program run builds; every chunk of this send
     // shares the header fields set here.
     let h = unsafe { &mut (*scratch).header };
-    h.tgid = tgid;
-    h.tid = sys.pid_tgid as u32;
-    h.fd = sys.fd;
-    h.comm = bpf_get_current_comm().unwrap_or_default();
+    capture::set_origin(h, sys);
     h.direction = direction::OUTBOUND;
-    h.syscall = sys.syscall;
     // SAFETY: a map value; a copied field.
     let h2 = if unsafe { (*conn).h2 } != 0 { flags::H2 } else { 0 };
     h.flags = flags::EXPORT_STREAM
@@ -350,19 +343,6 @@ pub fn capture_stream(sys: &Syscall, src: Source, conn: *mut ExportConn) -> Resu
             0
         };
     h._pad0 = [0];
-    // SAFETY: the LRU map value is copied out at once.
-    match unsafe { PEERS.get(SocketKey { tgid, fd: sys.fd }) } {
-        Some(peer) => {
-            h.peer_addr = peer.addr;
-            h.peer_port = peer.port;
-            h.peer_family = peer.family;
-        }
-        None => {
-            h.peer_addr = [0; 16];
-            h.peer_port = 0;
-            h.peer_family = family::UNKNOWN;
-        }
-    }
     let Some(slot) = STREAM_WALK.get_ptr_mut(0) else {
         count(Counter::ScratchUnavailable);
         return Err(());
