@@ -88,6 +88,14 @@ struct CachedSubject {
     subject: Arc<Subject>,
 }
 
+/// Both absent, or the same shared value (not merely equal).
+fn same_arc<T>(a: &Option<Arc<T>>, b: &Option<Arc<T>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (a, b) => a.is_none() && b.is_none(),
+    }
+}
+
 impl Attributor {
     pub fn new(pods: Option<PodIndex>) -> Self {
         Self {
@@ -159,10 +167,7 @@ impl Attributor {
             .service_name
             .clone()
             .or_else(|| self.exported_service.get(&event.pid).cloned());
-        let same_inventory = |l: &Label| match (&l.inventory, &inventory) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-            (a, b) => a.is_none() && b.is_none(),
-        };
+        let same_inventory = |l: &Label| same_arc(&l.inventory, &inventory);
         match self.labels.get_mut(&event.pid) {
             Some(l)
                 if l.comm == info.comm && l.service_name == service_name && same_inventory(l) => {}
@@ -236,13 +241,9 @@ impl Attributor {
     pub fn subject(&mut self, info: &Arc<ProcessInfo>) -> Arc<Subject> {
         let inventory = self.inventories.get(info.pid);
         let pods_generation = self.pods.as_ref().map_or(0, PodIndex::generation);
-        let same_inventory = |cached: &Option<Arc<Inventory>>| match (cached, &inventory) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-            (a, b) => a.is_none() && b.is_none(),
-        };
         if let Some(c) = self.subjects.get(&info.pid) {
             if Arc::ptr_eq(&c.info, info)
-                && same_inventory(&c.inventory)
+                && same_arc(&c.inventory, &inventory)
                 && c.pods_generation == pods_generation
             {
                 return Arc::clone(&c.subject);
@@ -307,5 +308,44 @@ impl Attributor {
             evicted: self.processes.evicted,
             inventory: self.inventories.counters.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_subject_is_shared_until_what_it_is_built_from_changes() {
+        let mut attributor = Attributor::new(None);
+        let pid = std::process::id();
+        let info = attributor.process_by_pid(pid);
+        let first = attributor.subject(&info);
+        assert!(
+            Arc::ptr_eq(&first, &attributor.subject(&info)),
+            "built once per process"
+        );
+        attributor.learn_exported_service(pid, "checkout".into());
+        let named = attributor.subject(&info);
+        assert!(
+            !Arc::ptr_eq(&first, &named),
+            "a new service name builds it again"
+        );
+        let expected = info
+            .service_name
+            .clone()
+            .unwrap_or_else(|| "checkout".into());
+        assert_eq!(named.service_name.as_deref(), Some(expected.as_str()));
+        attributor.process_changed(&ProcessEvent {
+            monotonic_ns: 0,
+            pid,
+            comm: info.comm.as_str().into(),
+            change: ProcessChange::Exec(None),
+        });
+        let reloaded = attributor.process_by_pid(pid);
+        assert!(
+            !Arc::ptr_eq(&named, &attributor.subject(&reloaded)),
+            "a new process entry builds it again"
+        );
     }
 }
