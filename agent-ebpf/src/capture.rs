@@ -1,20 +1,19 @@
 //! The capture path shared by every send and receive hook: cheap HTTP check, copy, ring buffer.
 
 use agent_common::{
-    direction, family, flags, Counter, EventBuf, EventHeader, H2Conn, Peer, SocketKey,
-    CAPTURE_BUDGET_WINDOW_NS, CAPTURE_CAP_MAX, COMM_LEN, EVENT_HEADER_LEN, MAX_IOVECS,
-    MIN_REQUEST_LEN, SAMPLE_ONE_IN,
+    direction, flags, Counter, EventBuf, H2Conn, CAPTURE_BUDGET_WINDOW_NS, CAPTURE_CAP_MAX,
+    EVENT_HEADER_LEN, MAX_IOVECS, MIN_REQUEST_LEN, SAMPLE_ONE_IN,
 };
 use aya_ebpf::{
     cty::c_void,
-    helpers::generated::{bpf_get_current_comm, bpf_ktime_get_ns, bpf_loop, bpf_probe_read_user},
+    helpers::generated::{bpf_ktime_get_ns, bpf_loop, bpf_probe_read_user},
 };
-
 
 use crate::{
     export, h2,
     io::{clamp_to_cap, read_user, tls_flag, Source, Syscall},
-    maps::{count, BUDGET, CAPTURE_BUDGET, CAPTURE_CAP, EVENTS, PEERS, SCRATCH},
+    maps::{count, BUDGET, CAPTURE_BUDGET, CAPTURE_CAP, EVENTS, SCRATCH},
+    origin::set_origin,
 };
 
 /// `value` as bytes in memory order, with a mask over its first `N` bytes.
@@ -244,49 +243,6 @@ extern "C" fn iov_step(index: u64, ctx: *mut c_void) -> i64 {
     }
     walk.captured += n;
     0
-}
-
-/// Who made the syscall: process, thread, fd, thread name, the syscall, and the socket's
-/// peer (seen at `connect`/`accept`). Shared by request and export-stream records.
-#[inline(always)]
-pub fn set_origin(header: &mut EventHeader, sys: &Syscall) {
-    let tgid = (sys.pid_tgid >> 32) as u32;
-    header.tgid = tgid;
-    header.tid = sys.pid_tgid as u32;
-    header.fd = sys.fd;
-    header.syscall = sys.syscall;
-    // Written in place by the raw helper (it zeroes the buffer itself on failure). aya's
-    // wrapper fills a zeroed stack copy first, which bpf-linker emitted as a call to a
-    // byte-at-a-time memset, then copied it byte by byte.
-    // SAFETY: `header.comm` is COMM_LEN writable bytes.
-    unsafe { bpf_get_current_comm(header.comm.as_mut_ptr().cast(), COMM_LEN as u32) };
-    // SAFETY: the LRU map value is copied out at once.
-    let peer = unsafe { PEERS.get(SocketKey { tgid, fd: sys.fd }) };
-    set_peer(header, peer);
-}
-
-/// The socket's peer into the header, or none. The 16 address bytes move as two u64: as a
-/// `[u8; 16]` (alignment 1) bpf-linker emitted calls to byte-at-a-time memmove/memset
-/// routines, ~30 ns per captured request (perf on the sendto-http loop).
-#[inline(always)]
-fn set_peer(header: &mut EventHeader, peer: Option<&Peer>) {
-    let dst = core::ptr::addr_of_mut!(header.peer_addr).cast::<u64>();
-    let (addr, port, family) = match peer {
-        Some(p) => {
-            let src = core::ptr::addr_of!(p.addr).cast::<u64>();
-            // SAFETY: a map value starts 8-aligned and `addr` is at offset 0 of `Peer`.
-            (unsafe { [src.read(), src.add(1).read()] }, p.port, p.family)
-        }
-        None => ([0, 0], 0, family::UNKNOWN),
-    };
-    // SAFETY: `peer_addr` is at offset 48 of the 8-aligned header (checked in agent-common),
-    // at the start of an 8-aligned per-CPU map value.
-    unsafe {
-        dst.write(addr[0]);
-        dst.add(1).write(addr[1]);
-    }
-    header.peer_port = port;
-    header.peer_family = family;
 }
 
 /// Copies up to the cap into a record and submits it. `h2` is the connection's entry when the

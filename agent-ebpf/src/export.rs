@@ -30,9 +30,10 @@ use aya_ebpf::{
 };
 
 use crate::{
-    capture, h2,
+    h2,
     io::{clamp_to_cap, read_user, tls_flag, Source, Syscall},
     maps::{count, EVENTS, PEERS, SCRATCH},
+    origin::set_origin,
 };
 
 /// Bytes of one send captured at most (`--span-intake-max-bytes`); 0: the wire intake is off.
@@ -330,7 +331,7 @@ pub fn capture_stream(sys: &Syscall, src: Source, conn: *mut ExportConn) -> Resu
     // SAFETY: the per-CPU scratch record this program run builds; every chunk of this send
     // shares the header fields set here.
     let h = unsafe { &mut (*scratch).header };
-    capture::set_origin(h, sys);
+    set_origin(h, sys);
     h.direction = direction::OUTBOUND;
     // SAFETY: a map value; a copied field.
     let h2 = if unsafe { (*conn).h2 } != 0 { flags::H2 } else { 0 };

@@ -14,6 +14,7 @@ mod gotls;
 mod h2;
 mod io;
 mod maps;
+mod origin;
 mod process;
 mod recv;
 mod send;
