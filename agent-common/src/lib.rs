@@ -209,7 +209,7 @@ pub struct EventHeader {
 pub const EVENT_HEADER_LEN: usize = size_of::<EventHeader>();
 const _: () = assert!(EVENT_HEADER_LEN == 72);
 const _: () = assert!(EVENT_HEADER_LEN.is_multiple_of(8));
-// The capture path writes `peer_addr` as two u64 (agent-ebpf capture.rs, `set_peer`).
+// The capture path writes `peer_addr` as two u64 (agent-ebpf origin.rs, `set_peer`).
 const _: () = assert!(core::mem::offset_of!(EventHeader, peer_addr).is_multiple_of(8));
 
 /// A full record as built in the per-CPU scratch buffer. The payload area is twice the cap so
@@ -295,7 +295,7 @@ pub struct Peer {
     pub _pad0: [u8; 4],
 }
 const _: () = assert!(size_of::<Peer>() == 24);
-// Read as two u64 from the start of a map value (agent-ebpf capture.rs, `set_peer`).
+// Read as two u64 from the start of a map value (agent-ebpf origin.rs, `set_peer`).
 const _: () = assert!(core::mem::offset_of!(Peer, addr) == 0);
 
 /// Key of per-socket maps: a file descriptor of one process.
