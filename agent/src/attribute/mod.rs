@@ -163,17 +163,20 @@ impl Attributor {
     pub fn process(&mut self, event: &CapturedEvent) -> Arc<ProcessInfo> {
         let info = Arc::clone(self.processes.get(event.pid, &event.comm));
         let inventory = self.inventories.of(&info);
+        // Borrowed: the label is compared on every event and copied only when it changed.
         let service_name = info
             .service_name
-            .clone()
-            .or_else(|| self.exported_service.get(&event.pid).cloned());
+            .as_ref()
+            .or_else(|| self.exported_service.get(&event.pid));
         let same_inventory = |l: &Label| same_arc(&l.inventory, &inventory);
         match self.labels.get_mut(&event.pid) {
             Some(l)
-                if l.comm == info.comm && l.service_name == service_name && same_inventory(l) => {}
+                if l.comm == info.comm
+                    && l.service_name.as_ref() == service_name
+                    && same_inventory(l) => {}
             Some(l) => {
                 l.comm.clone_from(&info.comm);
-                l.service_name = service_name;
+                l.service_name = service_name.cloned();
                 l.inventory = inventory;
             }
             None => {
@@ -181,7 +184,7 @@ impl Attributor {
                     event.pid,
                     Label {
                         comm: info.comm.clone(),
-                        service_name,
+                        service_name: service_name.cloned(),
                         inventory,
                     },
                 );
