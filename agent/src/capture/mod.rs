@@ -21,7 +21,7 @@ use aya::{
 use tokio::io::unix::AsyncFd;
 
 pub use self::event::{
-    decode, CapturedEvent, DecodeError, ExecDetails, ProcessChange, ProcessEvent, Record,
+    decode, CapturedEvent, DecodeError, ExecDetails, Payloads, ProcessChange, ProcessEvent, Record,
 };
 use self::uprobe::{TlsError, TlsProbes};
 use crate::model::KernelCounters;
@@ -115,6 +115,8 @@ pub struct Capture {
     tls: TlsProbes,
     /// Processes that exec'd, from the ring buffer, to check for TLS functions.
     execs: Vec<u32>,
+    /// The buffer decoded payloads are copied into.
+    payloads: Payloads,
     events: AsyncFd<RingBuf<MapData>>,
     counters: PerCpuArray<MapData, u64>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
@@ -296,6 +298,7 @@ impl Capture {
             ebpf,
             tls,
             execs: Vec::new(),
+            payloads: Payloads::default(),
             events,
             counters,
             logger,
@@ -377,7 +380,7 @@ impl Capture {
         let before = out.len();
         while out.len() < max {
             let Some(item) = ring.next() else { break };
-            push_or_exec(decode(&item), out, &mut self.execs);
+            push_or_exec(decode(&item, &mut self.payloads), out, &mut self.execs);
         }
         self.cycle_records += (out.len() - before) as u64;
         self.drained = out.len() < max;
@@ -400,7 +403,7 @@ impl Capture {
     pub fn drain_now(&mut self, out: &mut Vec<Result<Record, DecodeError>>) {
         let ring = self.events.get_mut();
         while let Some(item) = ring.next() {
-            push_or_exec(decode(&item), out, &mut self.execs);
+            push_or_exec(decode(&item, &mut self.payloads), out, &mut self.execs);
         }
         self.execs.clear();
     }

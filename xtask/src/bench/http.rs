@@ -1,6 +1,10 @@
 //! 1 and 2: nginx under load with the agent off and on, interleaved; the agent's CPU and RSS.
+//! Saturation is also run with only the floor attached (empty programs on the same raw
+//! syscall tracepoints, see kernel.rs): what any tool hooked there costs, read in the same run.
 
 use std::process::Command;
+
+use std::path::Path;
 
 use anyhow::Result;
 use serde_json::{json, Value};
@@ -23,6 +27,12 @@ pub const GUARD_RATE: u32 = 20_000;
 struct Phase {
     fixed: Value,
     sat: procs::WrkResult,
+}
+
+/// Saturation with only the floor programs attached.
+fn floor_phase(bench_bin: &Path, nginx: &Nginx, secs: f64) -> Result<procs::WrkResult> {
+    let _floor = procs::Floor::attach(bench_bin)?;
+    procs::wrk(nginx.addr, WRK_CONNECTIONS, secs)
 }
 
 struct OnPhase {
@@ -103,44 +113,52 @@ fn f(v: &Value, k: &str) -> f64 {
 pub fn run(ctx: &Ctx, nginx: &Nginx) -> Result<Value> {
     let mut rounds = Vec::new();
     for round in 0..ctx.plan.rounds {
-        // Alternate the order (off,on / on,off) so that a drift in the machine's load over the
-        // run does not favour one side.
-        let (off, on) = if round % 2 == 0 {
+        // Alternate the order (off, floor, on / on, floor, off) so that a drift in the
+        // machine's load over the run does not favour one side.
+        let (off, floor, on) = if round % 2 == 0 {
             let off = phase(ctx, nginx)?;
-            (off, on_phase(ctx, nginx, round)?)
+            let floor = floor_phase(&ctx.bench_bin, nginx, ctx.plan.http_secs)?;
+            (off, floor, on_phase(ctx, nginx, round)?)
         } else {
             let on = on_phase(ctx, nginx, round)?;
-            (phase(ctx, nginx)?, on)
+            let floor = floor_phase(&ctx.bench_bin, nginx, ctx.plan.http_secs)?;
+            (phase(ctx, nginx)?, floor, on)
         };
         eprintln!(
-            "bench: http round {}: fixed {:.0}/{:.0} req/s p99 {:.0}/{:.0} µs, saturation {:.0}/{:.0}/{:.0} req/s (off/on/on with --max-capture-rate {GUARD_RATE})",
+            "bench: http round {}: fixed {:.0}/{:.0} req/s p99 {:.0}/{:.0} µs, saturation {:.0}/{:.0}/{:.0}/{:.0} req/s (off/floor/on/on with --max-capture-rate {GUARD_RATE})",
             round + 1,
             f(&off.fixed, "rps"),
             f(&on.phase.fixed, "rps"),
             f(&off.fixed, "p99_us"),
             f(&on.phase.fixed, "p99_us"),
             off.sat.rps,
+            floor.rps,
             on.phase.sat.rps,
             on.guarded.rps
         );
-        rounds.push((off, on));
+        rounds.push((off, floor, on));
     }
     let secs = ctx.plan.http_secs;
     let rows: Vec<Value> = rounds
         .iter()
-        .map(|(off, on)| {
+        .map(|(off, floor, on)| {
             json!({
                 "off": {"fixed": off.fixed, "sat": {"rps": off.sat.rps, "p50_us": off.sat.p50_us, "p99_us": off.sat.p99_us}},
                 "on": {"fixed": on.phase.fixed, "sat": {"rps": on.phase.sat.rps, "p50_us": on.phase.sat.p50_us, "p99_us": on.phase.sat.p99_us},
                        "agent_cpu_fixed_s": on.cpu_fixed_s, "agent_cpu_sat_s": on.cpu_sat_s,
                        "agent_vm_hwm_mib": on.hwm_mib, "agent_events": on.events,
                        "kernel_captured": on.captured, "kernel_ringbuf_full": on.dropped},
+                "floor": {"sat": {"rps": floor.rps, "p50_us": floor.p50_us, "p99_us": floor.p99_us}},
                 "guarded": {"sat": {"rps": on.guarded.rps, "p50_us": on.guarded.p50_us, "p99_us": on.guarded.p99_us},
                             "agent_cpu_sat_s": on.cpu_guarded_s, "kernel_sampled_out": on.sampled_out},
             })
         })
         .collect();
-    let m = |g: &dyn Fn(&Phase, &OnPhase) -> f64| median(rounds.iter().map(|(off, on)| g(off, on)));
+    let m =
+        |g: &dyn Fn(&Phase, &OnPhase) -> f64| median(rounds.iter().map(|(off, _, on)| g(off, on)));
+    let m_floor = |g: &dyn Fn(&Phase, &procs::WrkResult, &OnPhase) -> f64| {
+        median(rounds.iter().map(|(off, floor, on)| g(off, floor, on)))
+    };
     // Millicores of agent CPU, scaled to 10k requests/s of the load the agent saw.
     let cpu_fixed = m(&|_, on| {
         on.cpu_fixed_s / f(&on.phase.fixed, "duration_s") * 1000.0 * 10_000.0
@@ -166,15 +184,18 @@ pub fn run(ctx: &Ctx, nginx: &Nginx) -> Result<Value> {
         "sat_p99_us_off": m(&|off, _| off.sat.p99_us),
         "sat_p50_delta_us": m(&|off, on| on.phase.sat.p50_us - off.sat.p50_us),
         "sat_p99_delta_us": m(&|off, on| on.phase.sat.p99_us - off.sat.p99_us),
+        "sat_floor_rps_ratio": m_floor(&|off, floor, _| floor.rps / off.sat.rps),
+        "sat_floor_p99_delta_us": m_floor(&|off, floor, _| floor.p99_us - off.sat.p99_us),
+        "sat_rps_ratio_to_floor": m_floor(&|_, floor, on| on.phase.sat.rps / floor.rps),
         "guard_rate": GUARD_RATE,
         "sat_guarded_rps_ratio": m(&|off, on| on.guarded.rps / off.sat.rps),
         "sat_guarded_p99_delta_us": m(&|off, on| on.guarded.p99_us - off.sat.p99_us),
         "agent_cpu_m_per_10k_sat_guarded": m(&|_, on| on.cpu_guarded_s / secs * 1000.0 * 10_000.0 / on.guarded.rps),
-        "sat_guarded_sampled_out": rounds.iter().map(|(_, on)| on.sampled_out).sum::<u64>(),
+        "sat_guarded_sampled_out": rounds.iter().map(|(_, _, on)| on.sampled_out).sum::<u64>(),
         "agent_cpu_m_per_10k_fixed": cpu_fixed,
         "agent_cpu_m_per_10k_sat": cpu_sat,
-        "agent_vm_hwm_mib": rounds.iter().map(|(_, on)| on.hwm_mib).fold(0.0, f64::max),
+        "agent_vm_hwm_mib": rounds.iter().map(|(_, _, on)| on.hwm_mib).fold(0.0, f64::max),
         "agent_events_per_s": events_per_s,
-        "ringbuf_full": rounds.iter().map(|(_, on)| on.dropped).sum::<u64>(),
+        "ringbuf_full": rounds.iter().map(|(_, _, on)| on.dropped).sum::<u64>(),
     }))
 }

@@ -51,6 +51,20 @@ fn rows(r: &Value) -> Vec<Row> {
         "≤ 5",
         sat_loss.map(|x| x <= 5.0),
     );
+    push(
+        "… of which the floor (empty programs on the same tracepoints)".into(),
+        loss(num(&h["sat_floor_rps_ratio"])),
+        "%",
+        "",
+        None,
+    );
+    push(
+        "… tracegap's own loss against the floor (throughput on / with the floor only)".into(),
+        loss(num(&h["sat_rps_ratio_to_floor"])),
+        "%",
+        "",
+        None,
+    );
     let guarded_loss = loss(num(&h["sat_guarded_rps_ratio"]));
     push(
         format!(
@@ -119,6 +133,13 @@ fn rows(r: &Value) -> Vec<Row> {
         "µs",
         "≤ 100",
         p99s.map(|x| x <= 100.0),
+    );
+    push(
+        "… Δp99 at saturation with the floor only".into(),
+        num(&h["sat_floor_p99_delta_us"]),
+        "µs",
+        "",
+        None,
     );
     let cpu = num(&h["agent_cpu_m_per_10k_fixed"]);
     push(
