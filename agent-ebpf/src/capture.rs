@@ -44,9 +44,6 @@ const METHODS: [(u64, u64); 10] = [
     prefix(b"PRI * HT"),
 ];
 
-/// `POST /`: a request that may be an OTLP/HTTP export.
-const POST_SLASH: (u64, u64) = prefix(b"POST /");
-
 #[inline(always)]
 fn is_http_request(first8: u64) -> bool {
     let mut i = 0;
@@ -115,9 +112,7 @@ pub fn capture(sys: &Syscall, src: Source) -> Result<Seen, ()> {
                 } else {
                     export::Mark::Probation
                 })
-            } else if first8 & POST_SLASH.1 == POST_SLASH.0
-                && export::is_trace_export_line(first, sys.len)
-            {
+            } else if export::is_trace_export_line(first, first8, sys.len) {
                 Some(export::Mark::Http1Exports)
             } else {
                 None

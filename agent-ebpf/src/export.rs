@@ -61,7 +61,8 @@ pub static EXPORT_CONNS: LruHashMap<SocketKey, ExportConn> =
 /// Connections on probation the agent found to carry exports (it inserts them): at the end of
 /// probation they stay marked.
 #[map]
-static EXPORT_KEEP: LruHashMap<SocketKey, u8> = LruHashMap::with_max_entries(EXPORT_CONNS_ENTRIES, 0);
+static EXPORT_KEEP: LruHashMap<SocketKey, u8> =
+    LruHashMap::with_max_entries(EXPORT_CONNS_ENTRIES, 0);
 
 /// The walk of the send being captured (see [`StreamWalk`]).
 #[map]
@@ -191,19 +192,19 @@ const EXPORT_LINE: [u64; 2] = [
 const LAST_BYTE_MASK: u64 = !(0xff << 56);
 const QUERY_INSTEAD: u64 = (b'?' as u64) << 56;
 
-/// Whether the send at `first` starts `POST /v1/traces ` (or `?`): two compares, so that other
-/// POST requests pay one 16-byte read more, not a scan. An export to another path (a prefix
-/// before `/v1/traces`) is found by the agent instead, which then marks the connection.
+/// Whether the send at `first`, whose first 8 bytes are `first8`, starts `POST /v1/traces `
+/// (or `?`): the first 8 bytes are already known, so only a `POST /v1…` pays one 8-byte read
+/// more, and other POST requests none. An export to another path (a prefix before
+/// `/v1/traces`) is found by the agent instead, which then marks the connection.
 #[inline(always)]
-pub fn is_trace_export_line(first: u64, len: Option<u64>) -> bool {
-    if len.is_some_and(|len| len < 16) {
+pub fn is_trace_export_line(first: u64, first8: u64, len: Option<u64>) -> bool {
+    if first8 != EXPORT_LINE[0] || len.is_some_and(|len| len < 16) {
         return false;
     }
-    let Some([a, b]) = read_user::<[u64; 2]>(first) else {
+    let Some(next8) = read_user::<u64>(first.wrapping_add(8)) else {
         return false;
     };
-    a == EXPORT_LINE[0]
-        && (b == EXPORT_LINE[1] || b == (EXPORT_LINE[1] & LAST_BYTE_MASK) | QUERY_INSTEAD)
+    next8 == EXPORT_LINE[1] || next8 == (EXPORT_LINE[1] & LAST_BYTE_MASK) | QUERY_INSTEAD
 }
 
 /// The walk over one send's bytes, shared with [`stream_step`] through a per-CPU map slot
@@ -334,7 +335,11 @@ pub fn capture_stream(sys: &Syscall, src: Source, conn: *mut ExportConn) -> Resu
     set_origin(h, sys);
     h.direction = direction::OUTBOUND;
     // SAFETY: a map value; a copied field.
-    let h2 = if unsafe { (*conn).h2 } != 0 { flags::H2 } else { 0 };
+    let h2 = if unsafe { (*conn).h2 } != 0 {
+        flags::H2
+    } else {
+        0
+    };
     h.flags = flags::EXPORT_STREAM
         | h2
         | tls_flag(sys.syscall)
@@ -366,14 +371,7 @@ pub fn capture_stream(sys: &Syscall, src: Source, conn: *mut ExportConn) -> Resu
     // One chunk per step, one step per iovec change, and one to skip what is past the bound.
     let steps = export_max_bytes() / CAPTURE_CAP_MAX as u32 + 2 * MAX_IOVECS + 2;
     // SAFETY: `stream_step` has the callback signature bpf_loop expects; it takes no context.
-    unsafe {
-        bpf_loop(
-            steps,
-            stream_step as *mut c_void,
-            core::ptr::null_mut(),
-            0,
-        )
-    };
+    unsafe { bpf_loop(steps, stream_step as *mut c_void, core::ptr::null_mut(), 0) };
     if walk.left > 0 {
         // More steps than the bound allows (should not happen): the rest is a gap.
         count(Counter::ExportBytesSkipped);
@@ -410,7 +408,14 @@ pub fn capture_stream(sys: &Syscall, src: Source, conn: *mut ExportConn) -> Resu
         (start, (*conn).probation_left)
     };
     if probation_left != 0 {
-        end_of_probation(tgid, sys.fd, tls_flag(sys.syscall) != 0, conn, walk.offset.wrapping_sub(start), probation_left);
+        end_of_probation(
+            tgid,
+            sys.fd,
+            tls_flag(sys.syscall) != 0,
+            conn,
+            walk.offset.wrapping_sub(start),
+            probation_left,
+        );
     }
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! Each kind exercises one path of the eBPF programs: `write8` exits at the length check,
 //! `write64`/`sendto-other` read 8 bytes and fail the method check, `read64` pays the
 //! enter→exit stash of the receive side, `sendto-http` is captured into the ring buffer, and
-//! `sendto-post` too, after the kernel compared its first 16 bytes with an OTLP export's.
+//! `sendto-post` too, after the kernel found its first 8 bytes are not an OTLP export's.
 
 use std::{
     fs::File,
@@ -30,7 +30,7 @@ pub enum Kind {
     /// `sendto` of an HTTP request on a full Unix datagram socket (captured).
     SendtoHttp,
     /// `sendto` of an HTTP POST that is not an OTLP export (captured; the kernel compares its
-    /// first 16 bytes with `POST /v1/traces `).
+    /// first 8 bytes with those of `POST /v1/traces `).
     SendtoPost,
     /// fork + exec of `/bin/true` and its exit, waited for: the process records' cost
     /// (exec, fork, exit) per process started.
