@@ -8,7 +8,8 @@ use aya_ebpf::helpers::generated::bpf_get_current_comm;
 use crate::{io::Syscall, maps::PEERS};
 
 /// Who made the syscall: process, thread, fd, thread name, the syscall, and the socket's
-/// peer (seen at `connect`/`accept`). Shared by request and export-stream records.
+/// peer (recorded at `connect`; none for accepted sockets). Shared by request and
+/// export-stream records.
 #[inline(always)]
 pub fn set_origin(header: &mut EventHeader, sys: &Syscall) {
     let tgid = (sys.pid_tgid >> 32) as u32;

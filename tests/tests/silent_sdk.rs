@@ -14,7 +14,6 @@
 
 use std::{
     io::{BufRead as _, BufReader},
-    path::PathBuf,
     process::{Command, Stdio},
     time::Duration,
 };
@@ -252,33 +251,11 @@ fn silent_sdk_go_binary_without_opentelemetry_is_uninstrumented_client() {
 }
 
 /// Every version of go.opentelemetry.io/otel/sdk some module of the skew build requires, from
-/// `go mod graph` over the module cache `cargo xtask go-build` filled (offline): Go's own,
-/// or target/go-cache/mod when there was no $HOME (xtask/src/go.rs).
+/// the `go mod graph` that `cargo xtask go-build` wrote beside the binary.
 fn sdk_requirements() -> Vec<(String, String)> {
-    let module = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("go");
-    let mut graph = Command::new("go");
-    if std::env::var_os("HOME").is_none() && std::env::var_os("XDG_CACHE_HOME").is_none() {
-        let cache = go_bin("sdkclient-skew")
-            .parent()
-            .and_then(|go| go.parent())
-            .map(|target| target.join("go-cache/mod"))
-            .expect("target/go/ is under target/");
-        graph.env("GOMODCACHE", cache);
-    }
-    let out = graph
-        .current_dir(&module)
-        .args(["mod", "graph", "-modfile", "go.skew.mod"])
-        .env("GOFLAGS", "-mod=mod")
-        .env("GOPROXY", "off")
-        .env("GOTOOLCHAIN", "local")
-        .output()
-        .expect("`go` on PATH");
-    assert!(
-        out.status.success(),
-        "go mod graph: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
+    let graph = go_bin("sdkclient-skew.modgraph");
+    std::fs::read_to_string(&graph)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", graph.display()))
         .lines()
         .filter_map(|l| {
             let (from, to) = l.split_once(' ')?;

@@ -9,7 +9,7 @@
 //! touches its mtime: measured with strace), and a fresh clone on the same machine (CI) reuses
 //! them. Measured on the 2-core VM: 656 s from nothing (1.4 GB of modules downloaded, Jaeger
 //! compiled), about 1 s when nothing changed, 13 s for a fresh clone with the caches warm.
-//! Without $HOME (and $XDG_CACHE_HOME) Go has no default, so they go under target/go-cache/.
+//! Where Go has no default for one (no $HOME), it goes under target/go-cache/.
 
 use std::{
     path::{Path, PathBuf},
@@ -30,6 +30,8 @@ const MIN_GO: (u32, u32) = (1, 21);
 
 /// The shop module's go.mod with the skew `replace` (its go.sum is go.skew.sum beside it).
 const SKEW_MODFILE: &str = "go.skew.mod";
+/// The skew build's `go mod graph`, in target/go/ (read by tests/tests/silent_sdk.rs).
+const SKEW_MODGRAPH: &str = "sdkclient-skew.modgraph";
 
 /// The Go module of the shop (services, load generator, helpers).
 fn shop_module() -> PathBuf {
@@ -71,12 +73,17 @@ pub fn build() -> Result<PathBuf> {
         .arg(out.join("sdkclient-skew"))
         .arg("./cmd/sdkclient");
     exec(&mut skew)?;
-    // The skew test reads the build's requirements with `go mod graph`, offline: it needs the
-    // go.mod of every module in the graph, more than the build downloads. Fetched here.
+    // The skew test checks the build's requirements (`go mod graph`: it fetches the go.mod of
+    // every module in the graph, more than the build downloads). Written beside the binary, so
+    // the test needs neither `go` nor to know where the module cache is.
+    let graph_file = out.join(SKEW_MODGRAPH);
     let mut graph = go_command(&shop_module());
     graph
         .args(["mod", "graph", "-modfile", SKEW_MODFILE])
-        .stdout(std::process::Stdio::null());
+        .stdout(
+            std::fs::File::create(&graph_file)
+                .with_context(|| format!("creating {}", graph_file.display()))?,
+        );
     exec(&mut graph)?;
     let mut jaeger = go_command(&jaeger_module());
     jaeger
@@ -97,10 +104,15 @@ pub fn build() -> Result<PathBuf> {
 /// writable (so the cache can be removed with `rm -r`).
 fn go_command(dir: &Path) -> Command {
     let mut cmd = Command::new("go");
-    if std::env::var_os("HOME").is_none() && std::env::var_os("XDG_CACHE_HOME").is_none() {
-        let cache = target_dir().join("go-cache");
-        cmd.env("GOCACHE", cache.join("build"))
-            .env("GOMODCACHE", cache.join("mod"));
+    // Go's defaults: GOCACHE under $XDG_CACHE_HOME or $HOME/.cache, GOMODCACHE under $GOPATH
+    // (default $HOME/go). Where Go would have none, target/go-cache/ stands in.
+    let unset = |vars: &[&str]| vars.iter().all(|v| std::env::var_os(v).is_none());
+    let cache = target_dir().join("go-cache");
+    if unset(&["GOCACHE", "XDG_CACHE_HOME", "HOME"]) {
+        cmd.env("GOCACHE", cache.join("build"));
+    }
+    if unset(&["GOMODCACHE", "GOPATH", "HOME"]) {
+        cmd.env("GOMODCACHE", cache.join("mod"));
     }
     cmd.current_dir(dir)
         .env("GOFLAGS", "-modcacherw -buildvcs=false")
